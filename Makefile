@@ -1,0 +1,44 @@
+# The two commands that matter on a fresh machine:
+#   make lab    set everything up, then open the course in JupyterLab
+#   make test   set everything up, then run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Two cores: one torch thread pool of 2, never two heavy jobs at once.
+export OMP_NUM_THREADS ?= 2
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install lab test test-quick lesson pocket-model clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lab: install
+	$(BIN)/jupyter lab notebooks/
+
+# The test suite runs offline: every lesson in fast mode, no hub downloads.
+test: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 COURSE_FAST=1 $(BIN)/python -m pytest
+
+# Unit tests only (skips executing the notebooks).
+test-quick: install
+	HF_HUB_OFFLINE=1 COURSE_FAST=1 $(BIN)/python -m pytest -m "not notebook"
+
+# Run one lesson headless, in full mode: make lesson NB=notebooks/01_gsm8k_and_the_pocket_model.ipynb
+lesson: install
+	$(BIN)/jupyter execute --inplace $(NB)
+
+# Train the shipped pocket model again from its seed (about 40 minutes on 2 cores).
+pocket-model: install
+	$(BIN)/python -m course_lib.pocket.pretrain
+
+clean:
+	rm -rf $(VENV) .pytest_cache results runs
