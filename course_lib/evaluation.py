@@ -1,0 +1,168 @@
+"""Honest evaluation: pass@k, maj@k, consistency@k and per-sample accuracy, with intervals.
+
+For each problem we draw ``n`` samples and count ``c`` correct ones. Then
+
+* **per-sample accuracy** = c / n: how often one sample is right.
+* **pass@k** = 1 - C(n-c, k) / C(n, k): the chance that at least one of k samples is
+  right, estimated without bias from all n samples (Chen et al. 2021). With n = k it
+  is simply "any of the k is right".
+* **maj@k**: take the k samples' final answers, vote, and check the most common
+  answer (ties: the answer that reached the top count first). This is what papers
+  call majority voting / self-consistency (Wang et al. 2022).
+* **consistency@k**: at least ``threshold`` of k samples are right (default a strict
+  majority, 5 of 8). Seed 000 reported this as "Majority@8"; it is *not* maj@k: maj@8
+  can be right with only 3 of 8 correct samples when the wrong ones disagree with each
+  other, while consistency@8 needs 5.
+
+Every metric is a mean over problems; its 95% interval comes from a seeded bootstrap
+over problems (the problems are the random sample we want to generalise from).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from course_lib.prompts import format_prompt
+from course_lib.rewards import extract_answer, is_correct
+
+METRICS = ("per_sample_accuracy", "pass@k", "maj@k", "consistency@k")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k).
+
+    Computed as 1 - prod_{i=n-c+1}^{n} (1 - k / i), which avoids huge binomials.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def majority_answer(answers: list[str | None]) -> str | None:
+    """The most common non-empty answer (first to reach the top count wins a tie)."""
+    votes = Counter(a for a in answers if a is not None)
+    return votes.most_common(1)[0][0] if votes else None
+
+
+def maj_at_k(answers: list[str | None], gold: str, k: int) -> bool:
+    """Whether majority voting over the first k answers gives the gold answer."""
+    return is_correct(majority_answer(answers[:k]), gold) if answers[:k] else False
+
+
+def consistency_at_k(correct: list[bool], k: int, threshold: int | None = None) -> bool:
+    """Whether at least ``threshold`` (default k // 2 + 1) of the first k samples are right."""
+    threshold = k // 2 + 1 if threshold is None else threshold
+    return sum(correct[:k]) >= threshold
+
+
+def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval for the mean of ``values`` (resampling problems)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval for a proportion (better than p ± 1.96·se near 0 or 1)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def score_problems(problems: list[dict], completions: list[list[str]], k: int) -> pd.DataFrame:
+    """One row per problem: answers, correctness and every metric (n samples each, n >= k)."""
+    rows = []
+    for problem, texts in zip(problems, completions, strict=True):
+        if len(texts) < k:
+            raise ValueError(f"need at least k={k} samples per problem, got {len(texts)}")
+        answers = [extract_answer(t) for t in texts]
+        correct = [is_correct(t, problem["answer"]) for t in texts]
+        rows.append({
+            "question": problem["question"], "answer": problem["answer"],
+            "predictions": answers, "n": len(texts), "n_correct": sum(correct),
+            "per_sample_accuracy": sum(correct) / len(texts),
+            "pass@k": pass_at_k(len(texts), sum(correct), k),
+            "maj@k": float(maj_at_k(answers, problem["answer"], k)),
+            "consistency@k": float(consistency_at_k(correct, k)),
+        })
+    return pd.DataFrame(rows)
+
+
+def summarize(per_problem: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
+    """The tidy table: one row per metric with its mean and 95% bootstrap interval."""
+    rows = []
+    for metric in METRICS:
+        low, high = bootstrap_ci(per_problem[metric], seed=seed)
+        rows.append({"metric": metric.replace("@k", f"@{k}"), "value": float(per_problem[metric].mean()),
+                     "ci_low": low, "ci_high": high, "n_problems": len(per_problem)})
+    return pd.DataFrame(rows).set_index("metric")
+
+
+@dataclass
+class EvalResult:
+    summary: pd.DataFrame       # metric -> value, ci_low, ci_high
+    per_problem: pd.DataFrame   # one row per problem
+    completions: list[list[str]]
+    k: int
+
+    def value(self, metric: str) -> float:
+        """e.g. ``result.value("pass@8")``."""
+        return float(self.summary.loc[metric, "value"])
+
+
+def evaluate(model, tokenizer, problems: list[dict], k: int = 8, *, n: int | None = None,
+             temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 200,
+             batch_size: int = 64, seed: int = 0, system_prompt: str | None = None,
+             progress: bool = True) -> EvalResult:
+    """Sample ``n`` (default k) completions per problem and score them."""
+    from course_lib.sampling import sample
+
+    prompts = [format_prompt(tokenizer, p["question"], system_prompt) for p in problems]
+    samples = sample(model, tokenizer, prompts, n=n or k, temperature=temperature, top_p=top_p,
+                     max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                     progress=progress)
+    completions = samples.grouped_texts()
+    per_problem = score_problems(problems, completions, k)
+    return EvalResult(summarize(per_problem, k, seed), per_problem, completions, k)
+
+
+def facts_probe(model, tokenizer, probe: list[dict]) -> dict[str, float]:
+    """Score the held-out facts probe as multiple choice by log-likelihood.
+
+    For each question, every candidate answer sentence is scored by the sum of its
+    token log-probs after the prompt; the probe item is right when the gold candidate
+    scores highest. Returns ``accuracy``, ``chance`` and ``mean_gold_logprob`` (a
+    smooth measure that moves before accuracy does: useful for spotting forgetting).
+    """
+    import torch
+
+    from course_lib.losses import sequence_logprob
+
+    correct, gold_logps, chance = 0, [], []
+    for item in probe:
+        prompt = format_prompt(tokenizer, item["question"])
+        candidates = list(item["candidates"].items())
+        scores = sequence_logprob(model, tokenizer, [prompt] * len(candidates),
+                                  [text + tokenizer.eos_token for _, text in candidates])
+        best = candidates[int(torch.argmax(scores))][0]
+        correct += best == item["answer"]
+        gold_logps.append(float(scores[[v for v, _ in candidates].index(item["answer"])]))
+        chance.append(1 / len(candidates))
+    return {"accuracy": correct / len(probe), "chance": float(np.mean(chance)),
+            "mean_gold_logprob": float(np.mean(gold_logps)), "n_items": len(probe)}

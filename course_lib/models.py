@@ -1,0 +1,62 @@
+"""Loading models: the shipped pocket model offline, or a profile's model by name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+POCKET_MODEL_DIR = REPO_ROOT / "data" / "pocket_model"
+
+
+def pocket_model_dir() -> Path:
+    """``$COURSE_POCKET_MODEL`` if set, else the checkpoint shipped in ``data/pocket_model``."""
+    return Path(os.environ.get("COURSE_POCKET_MODEL", POCKET_MODEL_DIR)).expanduser()
+
+
+def load_pocket_model(path: str | Path | None = None, device: str = "cpu"):
+    """The pocket model and its tokenizer, from local files only (no network).
+
+    Returns ``(model, tokenizer)``; the model is in eval mode, float32.
+    """
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    path = Path(path) if path is not None else pocket_model_dir()
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"No pocket model at {path} (model.safetensors missing). It ships with the course "
+            "under data/pocket_model; restore it with `git checkout -- data/pocket_model`, or "
+            "train it again with `python -m course_lib.pocket.pretrain` (about 40 minutes on 2 cores).")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = LlamaForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    return model.to(device).eval(), tokenizer
+
+
+def load_model(profile):
+    """The profile's model and tokenizer: the pocket model, or a hub model by name.
+
+    A hub model is read from the local cache when ``HF_HUB_OFFLINE=1``; the error
+    says how to fetch it when it is missing.
+    """
+    if profile.model_name == "pocket":
+        return load_pocket_model(device=profile.device)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = profile.device if profile.device != "cuda" or torch.cuda.is_available() else "cpu"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(profile.model_name)
+        model = AutoModelForCausalLM.from_pretrained(profile.model_name, dtype=getattr(torch, profile.dtype))
+    except OSError as e:
+        raise OSError(f"Could not load {profile.model_name!r} ({e}). On a machine with network, "
+                      "unset HF_HUB_OFFLINE so it downloads once; offline, use the 'pocket' profile.") from e
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Distinct parameters (tied input/output embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,53 @@
+"""Reading the final answer out of a completion, and checking it.
+
+This is the simple, dependable core that evaluation needs from day one:
+
+* ``extract_answer`` looks for GSM8K's ``#### N`` marker first, then for
+  "the answer is N", and finally falls back to the last number in the text.
+* ``is_correct`` compares numbers exactly (``18.00`` equals ``18``; ``1,000`` equals
+  ``1000``), never by evaluating the model's text.
+
+Neither ever raises on strange input: a reward or a metric must survive whatever a
+model writes.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+_NUMBER = r"-?\$?\s?\d[\d,]*(?:\.\d+)?"
+_HASHES = re.compile(r"####\s*(" + _NUMBER + r")")
+_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*(" + _NUMBER + r")", re.IGNORECASE)
+_ANY_NUMBER = re.compile(_NUMBER)
+
+
+def normalize_number(text: str) -> str | None:
+    """Canonical form of a number string: ``"$1,200.50"`` -> ``"1200.5"``, ``"18.00"`` -> ``"18"``."""
+    cleaned = re.sub(r"[\s$,]", "", text)
+    try:
+        value = Fraction(cleaned)
+    except (ValueError, ZeroDivisionError):
+        return None
+    if value.denominator == 1:
+        return str(value.numerator)
+    return format(float(value), "g")
+
+
+def extract_answer(text: str | None) -> str | None:
+    """The final answer in ``text`` as a canonical number string, or ``None``."""
+    if not isinstance(text, str) or not text:
+        return None
+    text = text[-20_000:]  # answers live at the end; bound the regex work on huge inputs
+    for pattern in (_HASHES, _ANSWER_IS):
+        matches = pattern.findall(text)
+        if matches:
+            return normalize_number(matches[-1])
+    numbers = _ANY_NUMBER.findall(text)
+    return normalize_number(numbers[-1]) if numbers else None
+
+
+def is_correct(text: str | None, answer: str) -> bool:
+    """Whether the answer extracted from ``text`` equals the gold ``answer`` numerically."""
+    predicted, gold = extract_answer(text), normalize_number(str(answer))
+    return predicted is not None and gold is not None and Fraction(predicted) == Fraction(gold)
