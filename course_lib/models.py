@@ -9,6 +9,8 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POCKET_MODEL_DIR = REPO_ROOT / "data" / "pocket_model"
+# The same recipe trained 3x longer: a strong solver, the teacher for distillation.
+POCKET_TEACHER_DIR = REPO_ROOT / "data" / "pocket_teacher"
 
 
 def pocket_model_dir() -> Path:

@@ -65,25 +65,14 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, *, temperature: flo
     rows = [p for p in prompts for _ in range(n)]
     ids_out, logp_out = [], []
     starts = range(0, len(rows), batch_size)
-    for b, start in enumerate(tqdm(starts, desc="sampling", disable=not progress)):
-        torch.manual_seed(seed + b)
-        enc = tokenizer(rows[start:start + batch_size], return_tensors="pt", padding=True,
-                        add_special_tokens=False, padding_side="left").to(device)
-        greedy = temperature == 0
-        out = model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
-            temperature=None if greedy else temperature, top_p=None if greedy else top_p,
-            top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            return_dict_in_generate=True, output_logits=True,
-        )
-        gen = out.sequences[:, enc["input_ids"].shape[1]:]                      # (B, T_b)
-        logits = torch.stack(out.logits, dim=1).float()                         # (B, T_b, V)
-        logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)
-        token_logp = logp.gather(-1, gen.unsqueeze(-1)).squeeze(-1)             # (B, T_b)
-        for row_ids, row_logp in zip(gen, token_logp):
-            length = _completion_length(row_ids, tokenizer.eos_token_id)
-            ids_out.append(row_ids[:length].cpu())
-            logp_out.append(row_logp[:length].cpu())
+    # fork_rng: seeding here must not disturb the caller's random stream (e.g. a training loop).
+    with torch.random.fork_rng(devices=[]):
+        for b, start in enumerate(tqdm(starts, desc="sampling", disable=not progress)):
+            torch.manual_seed(seed + b)
+            ids, logp = _sample_batch(model, tokenizer, rows[start:start + batch_size], device,
+                                      temperature, top_p, max_new_tokens)
+            ids_out += ids
+            logp_out += logp
     model.train(was_training)
     width = max((r.shape[0] for r in ids_out), default=0)
     completion_ids = _pad_right(ids_out, width, tokenizer.pad_token_id).long()
@@ -93,6 +82,30 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, *, temperature: flo
     return Samples(prompts=list(prompts), n=n, texts=texts,
                    prompt_index=[i for i in range(len(prompts)) for _ in range(n)],
                    completion_ids=completion_ids, completion_mask=mask, logprobs=logprobs)
+
+
+def _sample_batch(model, tokenizer, rows: list[str], device, temperature: float, top_p: float,
+                  max_new_tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One generate() call: per row, the completion ids and their log-probs, unpadded."""
+    enc = tokenizer(rows, return_tensors="pt", padding=True, add_special_tokens=False,
+                    padding_side="left").to(device)
+    greedy = temperature == 0
+    out = model.generate(
+        **enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
+        temperature=None if greedy else temperature, top_p=None if greedy else top_p,
+        top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        return_dict_in_generate=True, output_logits=True,
+    )
+    gen = out.sequences[:, enc["input_ids"].shape[1]:]                      # (B, T_b)
+    logits = torch.stack(out.logits, dim=1).float()                         # (B, T_b, V)
+    logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)
+    token_logp = logp.gather(-1, gen.unsqueeze(-1)).squeeze(-1)             # (B, T_b)
+    ids, logps = [], []
+    for row_ids, row_logp in zip(gen, token_logp):
+        length = _completion_length(row_ids, tokenizer.eos_token_id)
+        ids.append(row_ids[:length].cpu())
+        logps.append(row_logp[:length].cpu())
+    return ids, logps
 
 
 def _completion_length(ids: torch.Tensor, eos_id: int) -> int:

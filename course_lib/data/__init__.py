@@ -5,4 +5,18 @@ from course_lib.data.gsm8k import (GSM8KFormatError, gsm8k_stats, load_gsm8k, re
                                    solution_steps, strip_annotations)
 
 __all__ = ["facts", "pocket_math", "GSM8KFormatError", "gsm8k_stats", "load_gsm8k",
-           "read_jsonl", "solution_steps", "strip_annotations"]
+           "read_jsonl", "solution_steps", "strip_annotations", "eval_problems"]
+
+
+def eval_problems(profile, n: int | None = None, data_dir=None) -> list[dict]:
+    """The test problems a profile is evaluated on: the fixed pocket test set, or GSM8K test.
+
+    ``n`` defaults to ``profile.n_eval_problems`` (GSM8K: the first n of the 1,319).
+    """
+    n = profile.n_eval_problems if n is None else n
+    if profile.dataset == "pocket_math":
+        return pocket_math.pocket_test_set(n)
+    if profile.dataset == "gsm8k":
+        return load_gsm8k("test", data_dir)[:n]
+    raise ValueError(f"profile {profile.name!r} names an unknown dataset {profile.dataset!r}; "
+                     "use 'pocket_math' or 'gsm8k'")

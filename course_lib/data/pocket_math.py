@@ -45,7 +45,7 @@ OBJECTS = [
     "cards", "stamps", "balloons", "eggs", "beads", "candles", "buttons", "toy cars",
 ]
 PLACES = ["garden", "attic", "park", "kitchen", "school", "garage"]
-CONTAINERS = ["bags", "boxes", "jars", "packs", "baskets"]
+CONTAINERS = {"bags": "bag", "boxes": "box", "jars": "jar", "packs": "pack", "baskets": "basket"}
 QUESTION_ENDINGS = [
     "How many {obj} does {name} have now?",
     "How many {obj} does {name} have at the end?",
@@ -147,8 +147,8 @@ def _op_groups(s: _Story, max_value: int) -> tuple[list[str], list[str], int] | 
     if s.value + p > max_value:
         return None
     c = s.value + p
-    box = s.rng.choice(CONTAINERS)
-    q = f"{_cap(s.pron)} buys {k} {box} with {m} {s.obj} in each {box[:-1] if not box.endswith('xes') else box[:-2]}."
+    box = s.rng.choice(list(CONTAINERS))
+    q = f"{_cap(s.pron)} buys {k} {box} with {m} {s.obj} in each {CONTAINERS[box]}."
     return [q], [f"The {box} hold {_calc(k, '*', m, p)} {s.obj}.",
                  f"{s.name} has {_calc(s.value, '+', p, c)} {s.obj} now."], c
 
@@ -232,6 +232,9 @@ def generate(n: int, split: str = "train", seed: int = 0, min_steps: int = 1,
     return out  # unreachable: the stream is endless
 
 
-def pocket_test_set(n: int = 200, seed: int = 1234, min_steps: int = 1, max_steps: int = 4) -> list[dict]:
-    """The fixed pocket test set that every lesson's before/after table uses."""
+def pocket_test_set(n: int = 200, seed: int = 1234, min_steps: int = 1, max_steps: int = 5) -> list[dict]:
+    """The fixed pocket test set that every lesson's before/after table uses.
+
+    Same distribution of steps as the pocket model's pretraining (1-5), disjoint questions.
+    """
     return generate(n, "test", seed=seed, min_steps=min_steps, max_steps=max_steps)
