@@ -1,0 +1,93 @@
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from course_lib.evaluation import (bootstrap_ci, consistency_at_k, evaluate, facts_probe,
+                                   maj_at_k, majority_answer, pass_at_k, score_problems,
+                                   summarize, wilson_interval)
+
+
+def brute_force_pass_at_k(n, c, k):
+    """Share of all k-subsets of the n samples that contain at least one correct one."""
+    samples = [1] * c + [0] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+
+
+@pytest.mark.parametrize("n,c,k", [(8, 0, 1), (8, 3, 1), (8, 3, 4), (8, 6, 3), (10, 1, 8), (5, 5, 2)])
+def test_pass_at_k_matches_enumeration(n, c, k):
+    assert pass_at_k(n, c, k) == pytest.approx(brute_force_pass_at_k(n, c, k))
+
+
+def test_pass_at_k_special_cases():
+    assert pass_at_k(8, 3, 1) == pytest.approx(3 / 8)     # pass@1 is per-sample accuracy
+    assert pass_at_k(8, 1, 8) == 1.0 and pass_at_k(8, 0, 8) == 0.0
+    assert pass_at_k(200, 10, 100) == pytest.approx(1 - math.comb(190, 100) / math.comb(200, 100))
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)
+
+
+def test_majority_vote_differs_from_consistency():
+    # 3 of 8 correct, the 5 wrong answers all disagree: maj@8 right, consistency@8 wrong.
+    answers = ["7", "7", "7", "1", "2", "3", "4", None]
+    correct = [a == "7" for a in answers]
+    assert majority_answer(answers) == "7" and maj_at_k(answers, "7", 8)
+    assert not consistency_at_k(correct, 8)
+    # 5 of 8 correct: both agree.
+    assert consistency_at_k([True] * 5 + [False] * 3, 8)
+    assert not consistency_at_k([True] * 4 + [False] * 4, 8)
+    assert majority_answer([None, None]) is None and not maj_at_k([None], "1", 1)
+
+
+def test_tie_goes_to_first_answer_reaching_top_count():
+    assert majority_answer(["2", "5", "5", "2"]) == "2"
+
+
+def test_score_and_summarize():
+    problems = [{"question": "a", "answer": "1"}, {"question": "b", "answer": "2"}]
+    completions = [["#### 1", "#### 1", "#### 3", "#### 1"], ["#### 5", "#### 5", "#### 2", "x"]]
+    per_problem = score_problems(problems, completions, k=4)
+    assert list(per_problem["n_correct"]) == [3, 1]
+    assert list(per_problem["maj@k"]) == [1.0, 0.0]
+    assert list(per_problem["consistency@k"]) == [1.0, 0.0]
+    summary = summarize(per_problem, k=4)
+    assert summary.loc["per_sample_accuracy", "value"] == pytest.approx(0.5)
+    assert summary.loc["pass@4", "value"] == 1.0
+    assert summary.loc["maj@4", "value"] == 0.5
+    for _, row in summary.iterrows():
+        assert row["ci_low"] <= row["value"] <= row["ci_high"]
+
+
+def test_intervals():
+    values = np.r_[np.ones(30), np.zeros(70)]
+    low, high = bootstrap_ci(values, seed=0)
+    assert low < 0.3 < high and high - low < 0.25
+    assert bootstrap_ci(values, seed=0) == (low, high)   # seeded
+    wl, wh = wilson_interval(30, 100)
+    assert wl == pytest.approx(0.2189, abs=1e-3) and wh == pytest.approx(0.3958, abs=1e-3)
+
+
+def test_evaluate_pocket_model(pocket):
+    from course_lib.data import pocket_math
+
+    model, tok = pocket
+    problems = pocket_math.pocket_test_set(6, min_steps=1, max_steps=1)
+    result = evaluate(model, tok, problems, k=4, max_new_tokens=120, progress=False)
+    assert list(result.summary.index) == ["per_sample_accuracy", "pass@4", "maj@4", "consistency@4"]
+    assert len(result.per_problem) == 6 and all(len(c) == 4 for c in result.completions)
+    # pass@k >= per-sample accuracy, always.
+    assert result.value("pass@4") >= result.value("per_sample_accuracy")
+    # one-step problems are easy for the pocket model
+    assert result.value("per_sample_accuracy") > 0.3
+
+
+def test_facts_probe_beats_chance(pocket):
+    from course_lib.data import facts
+
+    model, tok = pocket
+    probe = facts.probe_set(facts.build_knowledge_base())[:30]
+    scores = facts_probe(model, tok, probe)
+    assert scores["n_items"] == 30 and 0.09 < scores["chance"] < 0.13
+    assert scores["accuracy"] > 2 * scores["chance"]
