@@ -14,6 +14,7 @@ model writes.
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
 _NUMBER = r"-?\$?\s?\d[\d,]*(?:\.\d+)?"
@@ -23,15 +24,20 @@ _ANY_NUMBER = re.compile(_NUMBER)
 
 
 def normalize_number(text: str) -> str | None:
-    """Canonical form of a number string: ``"$1,200.50"`` -> ``"1200.5"``, ``"18.00"`` -> ``"18"``."""
+    """Canonical form of a number string: ``"$1,200.50"`` -> ``"1200.5"``, ``"18.00"`` -> ``"18"``.
+
+    Exact decimal arithmetic (``Decimal``), never floats: ``"1000000.1"`` stays
+    ``"1000000.1"`` instead of becoming ``"1e+06"``.
+    """
     cleaned = re.sub(r"[\s$,]", "", text)
     try:
-        value = Fraction(cleaned)
-    except (ValueError, ZeroDivisionError):
+        value = Decimal(cleaned)
+    except InvalidOperation:
         return None
-    if value.denominator == 1:
-        return str(value.numerator)
-    return format(float(value), "g")
+    if not value.is_finite() or abs(value.adjusted()) > 1000:  # inf, nan, absurd exponents
+        return None
+    canonical = format(value.normalize(), "f")
+    return "0" if canonical == "-0" else canonical
 
 
 def extract_answer(text: str | None) -> str | None:

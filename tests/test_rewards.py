@@ -31,3 +31,28 @@ def test_never_raises_on_strange_text():
         extract_answer(text)
         is_correct(text, "3")
     assert normalize_number("abc") is None
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.text(), st.text(alphabet="#$,.-0123456789 \n").map(lambda s: "#### " + s)))
+def test_extract_never_raises_and_returns_a_canonical_number(text):
+    answer = extract_answer(text)
+    assert answer is None or normalize_number(answer) == answer
+    assert is_correct(text, "7") in (True, False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-10**9, 10**9), st.text(alphabet="abc xyz.\n", max_size=40))
+def test_final_marker_is_always_found(n, prefix):
+    assert extract_answer(f"{prefix}\n#### {n:,}") == str(n)
+
+
+def test_normalize_is_exact():
+    assert normalize_number("1000000.1") == "1000000.1"
+    assert normalize_number("$1,200.50") == "1200.5"
+    assert normalize_number("-0.0") == "0"
+    assert not is_correct("#### 1000000.1", "1000000")
