@@ -10,7 +10,6 @@ from pathlib import Path
 
 from course_lib.models import REPO_ROOT, pocket_model_dir
 
-# Distribution names whose import names differ.
 _REQUIREMENTS_FILE = REPO_ROOT / "requirements.txt"
 _GPU_ONLY = ("unsloth", "vllm", "bitsandbytes", "xformers")
 

@@ -58,3 +58,12 @@ def test_learning_rate_schedule():
     assert lr_at(0, cfg) == 1e-5 and lr_at(99, cfg) == 1e-3
     assert math.isclose(lr_at(999, cfg), 1e-4, rel_tol=1e-3)
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(100, 999))
+
+
+def test_config_that_cannot_train_is_rejected_clearly():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"hidden_size \(100\) must be a multiple of num_heads \(3\)"):
+        PretrainConfig(hidden_size=100, num_heads=3)
+    with pytest.raises(ValueError, match="min_steps"):
+        PretrainConfig(min_steps=4, max_steps=2)

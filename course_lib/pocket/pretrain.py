@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import math
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -83,6 +83,22 @@ class PretrainConfig:
     save_every: int = 500           # 0: save only at the end
     out_dir: str = "data/pocket_model"
 
+    def __post_init__(self) -> None:
+        """Reject configs that cannot train, with a message that says what to change."""
+        problems = []
+        if self.hidden_size % self.num_heads:
+            problems.append(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
+        if (self.hidden_size // self.num_heads) % 2:
+            problems.append("hidden_size / num_heads must be even (rotary embeddings rotate pairs)")
+        if not 1 <= self.min_steps <= self.max_steps:
+            problems.append(f"need 1 <= min_steps <= max_steps, got {self.min_steps}, {self.max_steps}")
+        if not 0 <= self.fact_fraction < 1:
+            problems.append(f"fact_fraction must be in [0, 1), got {self.fact_fraction}")
+        if self.train_steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            problems.append("train_steps must be >= 0, batch_size >= 1 and lr > 0")
+        if problems:
+            raise ValueError("Invalid PretrainConfig: " + "; ".join(problems))
+
 
 def model_config(cfg: PretrainConfig, tokenizer) -> LlamaConfig:
     return LlamaConfig(
@@ -96,7 +112,7 @@ def model_config(cfg: PretrainConfig, tokenizer) -> LlamaConfig:
 
 
 def build_tokenizer(cfg: PretrainConfig):
-    """Train the BPE on a fixed sample of the corpus (plus the chat scaffolding)."""
+    """Train the BPE on a fixed sample of the corpus: 5,000 problems and every fact."""
     problems = pocket_math.generate(5000, "train", seed=cfg.seed + 1, max_steps=cfg.max_steps)
     texts = [p["question"] + "\n" + p["solution"] for p in problems]
     texts += [e["question"] + " " + e["solution"] for e in facts_data.training_examples(
@@ -104,7 +120,7 @@ def build_tokenizer(cfg: PretrainConfig):
     return train_tokenizer(texts, cfg.vocab_size)
 
 
-def example_stream(cfg: PretrainConfig, step_fn) -> "itertools.Generator[dict]":
+def example_stream(cfg: PretrainConfig, step_fn: Callable[[], int]) -> Iterator[dict]:
     """Endless mix of pocket-math problems and facts; ``step_fn()`` gives the current max steps."""
     rng = random.Random(f"pretrain/{cfg.seed}")
     fact_examples = facts_data.training_examples(facts_data.build_knowledge_base())
@@ -126,7 +142,7 @@ def encode(tokenizer, example: dict) -> tuple[list[int], list[int]]:
     return prompt + completion, [-100] * len(prompt) + completion
 
 
-def batches(cfg: PretrainConfig, tokenizer, step_fn, pool_batches: int = 16):
+def batches(cfg: PretrainConfig, tokenizer, step_fn: Callable[[], int], pool_batches: int = 16):
     """Yield (input_ids, labels, attention_mask) batches cut from length-sorted pools."""
     stream = example_stream(cfg, step_fn)
     rng = random.Random(f"batches/{cfg.seed}")
@@ -192,7 +208,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, progress: b
                                   lr=cfg.lr, betas=(0.9, 0.95))
     step = 0
 
-    def current_max_steps() -> int:
+    def current_max_steps() -> int:  # reads the loop's `step`: the curriculum follows training
         ramp = min(1.0, step / max(1, cfg.curriculum_fraction * cfg.train_steps))
         return max(cfg.min_steps, round(2 + ramp * (cfg.max_steps - 2)))
 
