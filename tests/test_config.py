@@ -35,3 +35,13 @@ def test_fast_mode_shrinks_counts(monkeypatch):
     assert fast.n_eval_problems < full.n_eval_problems and fast.eval_k <= full.eval_k
     monkeypatch.setenv("COURSE_FAST", "0")
     assert get_profile("pocket") == full
+
+
+def test_eval_problems_follow_the_profile(gsm8k_dir):
+    from course_lib.data import eval_problems, pocket_math
+
+    pocket = get_profile("pocket", fast=False)
+    assert eval_problems(pocket) == pocket_math.pocket_test_set(200)
+    gpu_problems = eval_problems(get_profile("gpu", fast=False), data_dir=gsm8k_dir)
+    assert len(gpu_problems) == 1319 and gpu_problems[0]["question"].startswith("Janet")
+    assert len(eval_problems(get_profile("gpu", fast=True), data_dir=gsm8k_dir)) == 8
