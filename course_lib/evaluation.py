@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from course_lib.prompts import format_prompt
-from course_lib.rewards import extract_answer, is_correct
+from course_lib.rewards import answer_matches, extract_answer
 
 METRICS = ("per_sample_accuracy", "pass@k", "maj@k", "consistency@k")
 
@@ -53,7 +53,7 @@ def majority_answer(answers: list[str | None]) -> str | None:
 
 def maj_at_k(answers: list[str | None], gold: str, k: int) -> bool:
     """Whether majority voting over the first k answers gives the gold answer."""
-    return is_correct(majority_answer(answers[:k]), gold) if answers[:k] else False
+    return answer_matches(majority_answer(answers[:k]), gold)
 
 
 def consistency_at_k(correct: list[bool], k: int, threshold: int | None = None) -> bool:
@@ -92,7 +92,7 @@ def score_problems(problems: list[dict], completions: list[list[str]], k: int) -
         if len(texts) < k:
             raise ValueError(f"need at least k={k} samples per problem, got {len(texts)}")
         answers = [extract_answer(t) for t in texts]
-        correct = [is_correct(t, problem["answer"]) for t in texts]
+        correct = [answer_matches(a, problem["answer"]) for a in answers]
         rows.append({
             "question": problem["question"], "answer": problem["answer"],
             "predictions": answers, "n": len(texts), "n_correct": sum(correct),

@@ -53,7 +53,12 @@ def extract_answer(text: str | None) -> str | None:
     return normalize_number(numbers[-1]) if numbers else None
 
 
+def answer_matches(predicted: str | None, answer: str) -> bool:
+    """Whether an already extracted answer equals the gold ``answer`` numerically."""
+    gold = normalize_number(str(answer))
+    return predicted is not None and gold is not None and Fraction(predicted) == Fraction(gold)
+
+
 def is_correct(text: str | None, answer: str) -> bool:
     """Whether the answer extracted from ``text`` equals the gold ``answer`` numerically."""
-    predicted, gold = extract_answer(text), normalize_number(str(answer))
-    return predicted is not None and gold is not None and Fraction(predicted) == Fraction(gold)
+    return answer_matches(extract_answer(text), answer)

@@ -179,12 +179,11 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 
 def greedy_accuracy(model, tokenizer, problems: list[dict]) -> float:
     """Share of problems solved by greedy decoding: a cheap progress signal."""
-    from course_lib.rewards import is_correct
-    from course_lib.sampling import sample
+    from course_lib.evaluation import evaluate
 
-    prompts = [format_prompt(tokenizer, p["question"]) for p in problems]
-    out = sample(model, tokenizer, prompts, n=1, temperature=0, max_new_tokens=200, batch_size=64)
-    return sum(is_correct(t, p["answer"]) for t, p in zip(out.texts, problems)) / len(problems)
+    result = evaluate(model, tokenizer, problems, k=1, temperature=0, max_new_tokens=200,
+                      batch_size=64, progress=False)
+    return result.value("per_sample_accuracy")
 
 
 def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, progress: bool = True,
