@@ -5,6 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests are reproducible by default (same inputs on every run, as CI needs);
+# HYPOTHESIS_PROFILE=explore draws fresh random inputs to hunt for new failures.
+settings.register_profile("course", derandomize=True, database=None, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "course"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_GSM8K = Path(os.environ.get("GSM8K_DIR", REPO.parent / "shared" / "gsm8k"))
