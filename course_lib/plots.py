@@ -71,3 +71,62 @@ def append_point(fig: go.FigureWidget, row: dict, x_key: str = "step") -> None:
             if trace.name in row:
                 trace.x = tuple(trace.x) + (row[x_key],)
                 trace.y = tuple(trace.y) + (row[trace.name],)
+
+
+def advantage_bars(rewards, advantages, group_size: int, title: str = "Rewards and advantages") -> go.Figure:
+    """Bars of each completion's reward and advantage, groups separated by dotted lines.
+
+    ``rewards`` and ``advantages``: (P*G,) in the same order (each group consecutive).
+    """
+    rewards, advantages = [float(r) for r in rewards], [float(a) for a in advantages]
+    x = list(range(1, len(rewards) + 1))
+    fig = go.Figure()
+    fig.add_bar(x=x, y=rewards, name="reward r_i", marker_color="#90a4ae")
+    fig.add_bar(x=x, y=advantages, name="advantage A_i",
+                marker_color=["#2e7d32" if a > 0 else "#c62828" for a in advantages])
+    for boundary in range(group_size, len(rewards), group_size):
+        fig.add_vline(x=boundary + 0.5, line_dash="dot", line_color="grey")
+    fig.update_layout(barmode="group", title=title, xaxis_title="completion",
+                      yaxis_title="value", height=360, legend={"orientation": "h", "y": 1.12})
+    return fig
+
+
+def difficulty_weights(group_size: int, eps: float = 1e-4, unbiased: bool = True) -> go.Figure:
+    """How hard each group is pushed, by how many of its G binary rewards are 1.
+
+    For each number of correct answers c = 0..G: the group's total absolute advantage
+    ``sum_i |A_i|`` (the size of its contribution to the policy gradient), relative to a
+    half-right group, with std scaling (GRPO) and without it (Dr. GRPO). Dividing by the
+    std multiplies a group by 1/std, which is largest for nearly solved and nearly
+    hopeless prompts: relative to the middle, std scaling pushes the extremes harder.
+    """
+    from course_lib.advantages import group_advantages
+
+    correct = list(range(group_size + 1))
+    fig = go.Figure()
+    for scale, name in (("group", "divide by group std (GRPO)"), ("none", "no std (Dr. GRPO)")):
+        totals = []
+        for c in correct:
+            rewards = [1.0] * c + [0.0] * (group_size - c)
+            adv, _ = group_advantages(rewards, group_size, scale=scale, eps=eps, unbiased=unbiased)
+            totals.append(adv.abs().sum().item())
+        middle = totals[group_size // 2]
+        fig.add_scatter(x=correct, y=[t / middle for t in totals], mode="lines+markers", name=name)
+    fig.update_layout(title=f"Push on a group of {group_size}, relative to a half-right group",
+                      xaxis_title="correct completions in the group",
+                      yaxis_title="sum of |A_i| / same for c = G/2", height=360)
+    return fig
+
+
+def component_shares(table, components: tuple[str, ...], by: str = "correct") -> go.Figure:
+    """Share of completions earning each reward component, split by ``by`` (e.g. correct or not).
+
+    ``table``: a DataFrame with one row per completion, 0/1 columns ``components`` and ``by``.
+    """
+    fig = go.Figure()
+    for value, rows in table.groupby(by):
+        fig.add_bar(x=list(components), y=[rows[c].mean() for c in components],
+                    name=f"{by} = {value} ({len(rows)})")
+    fig.update_layout(barmode="group", yaxis_range=[0, 1], yaxis_title="share of completions",
+                      title="Which completions earn the format components?", height=360)
+    return fig

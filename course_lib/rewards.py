@@ -259,6 +259,22 @@ def overlong_penalty(length: int, max_length: int, buffer: int) -> float:
     return (free - length) / buffer
 
 
+#: Completions worth looking at, as ``name -> (completion, gold answer)``, for lessons and widgets.
+EXAMPLE_COMPLETIONS: dict[str, tuple[str, str]] = {
+    "well formed, correct": ("She has 3+4=<<3+4=7>>7 apples.\nShe doubles them: 7*2=<<7*2=14>>14.\n#### 14", "14"),
+    "well formed, wrong (format hack)": ("She has 3+4=<<3+4=7>>7 apples.\n#### 13", "14"),
+    "correct, no marker": ("She has 7 apples and doubles them, so 14 apples.", "14"),
+    "dollars and commas": ("The total is $1,250.00.\n#### $1,250.00", "1250"),
+    "hedging with two answers": ("It is 14.\n#### 14\n#### 15", "14"),
+    "units after the answer": ("7 doubled is 14.\n#### 14 apples", "14"),
+    "LaTeX boxed fraction": ("Half of 28 is $\\boxed{\\frac{28}{2}}$", "14"),
+    "the answer is ...": ("7 and 7 make 14. The answer is 14.", "14"),
+    "marker with no number": ("7 and 7 make 14.\n#### fourteen", "14"),
+    "rambling after the answer": ("7*2=14\n#### 14\nLet me also compute 3+3=6 and 6*9=54", "14"),
+    "empty": ("", "14"),
+}
+
+
 # --------------------------------------------------------------------------- one completion
 @dataclass(frozen=True)
 class RewardConfig:

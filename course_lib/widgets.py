@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import html
 
+from typing import Sequence
+
+import plotly.graph_objects as go
+
+from course_lib.advantages import group_advantages
+from course_lib.plots import advantage_bars
 from course_lib.prompts import format_prompt
-from course_lib.rewards import extract_answer, is_correct
+from course_lib.rewards import (
+    EXAMPLE_COMPLETIONS, FORMAT_COMPONENTS, SEED_000, RewardConfig, extract_answer, is_correct,
+    reward_breakdown,
+)
 
 
 def render_samples(problem: dict, texts: list[str]) -> str:
@@ -51,3 +60,120 @@ def sample_explorer(model, tokenizer, problems: list[dict], max_new_tokens: int 
     button.on_click(run)
     run()
     return w.VBox([w.HBox([index, temperature]), w.HBox([n, seed, button]), out])
+
+
+# --------------------------------------------------------------------------- rewards
+def reward_view(text: str, answer: str, config: RewardConfig = RewardConfig()) -> str:
+    """HTML table of every reward component of one completion under ``config``."""
+    row = reward_breakdown(text, answer, config)
+    paid = row["correct"] or not config.format_needs_correct
+    lines = [("extracted answer", html.escape(str(row["extracted"]))),
+             ("gold answer", html.escape(str(answer))),
+             ("correct", "yes" if row["correct"] else "no")]
+    lines += [(f"format: {name}", f"{row[name]:.0f}" + ("" if paid else " (not paid: wrong answer)"))
+              for name in FORMAT_COMPONENTS]
+    lines += [(f"<b>{term}</b>", f"{row[term]:+.3f}") for term in ("correctness", "format", "length")]
+    lines.append(("<b>total reward</b>", f"<b>{row['total']:+.3f}</b>"))
+    cells = "".join(f"<tr><td style='padding:2px 12px 2px 0'>{k}</td><td>{v}</td></tr>" for k, v in lines)
+    return f"<table>{cells}</table>"
+
+
+def reward_explorer(examples: dict[str, tuple[str, str]] | None = None):
+    """Pick or type a completion and a gold answer; see the extracted answer and every reward term.
+
+    Toggles: seed 000's weights (correctness 2, format 4 x 0.5) or the course's (correctness
+    only), format credit only for correct answers, and re.DOTALL in the format patterns.
+    """
+    import ipywidgets as w
+
+    examples = examples or EXAMPLE_COMPLETIONS
+    pick = w.Dropdown(options=list(examples), description="example")
+    text = w.Textarea(layout=w.Layout(width="95%", height="120px"), description="completion")
+    gold = w.Text(description="gold answer")
+    weights = w.ToggleButtons(options=["seed 000 (2 + 4 x 0.5)", "correctness only"], description="weights")
+    needs_correct = w.Checkbox(True, description="format credit only for correct answers")
+    dotall = w.Checkbox(True, description="re.DOTALL in the format patterns")
+    out = w.HTML()
+
+    def load(_=None):
+        text.value, gold.value = examples[pick.value]
+
+    def show(_=None):
+        base = SEED_000 if weights.value.startswith("seed") else RewardConfig()
+        config = RewardConfig(base.correctness_weight, base.format_weight or 0.0,
+                              format_needs_correct=needs_correct.value, dotall=dotall.value)
+        out.value = reward_view(text.value, gold.value, config)
+
+    pick.observe(load, "value")
+    for control in (text, gold, weights, needs_correct, dotall):
+        control.observe(show, "value")
+    load()
+    show()
+    return w.VBox([pick, text, gold, weights, w.HBox([needs_correct, dotall]), out])
+
+
+# --------------------------------------------------------------------------- advantages
+def rest_of_batch(kind: str, group_size: int) -> list[float]:
+    """The other group in the batch for the advantage explorer (matters only for batch scaling)."""
+    half = [1.0, 0.0] * (group_size // 2) + [1.0] * (group_size % 2)
+    options = {"none": [], "an all-wrong group": [0.0] * group_size,
+               "an all-right group": [1.0] * group_size, "a half-right group": half}
+    if kind not in options:
+        raise ValueError(f"unknown rest of batch {kind!r}; choose from {list(options)}")
+    return options[kind]
+
+
+REST_OF_BATCH = ("none", "an all-wrong group", "an all-right group", "a half-right group")
+
+
+def advantage_view(rewards: Sequence[float], scale: str = "group", unbiased: bool = True,
+                   eps: float = 1e-4, rest: str = "none") -> go.Figure:
+    """The advantage explorer's figure for one group of ``rewards`` (G = its length).
+
+    ``rest`` adds a second group to the batch (see :func:`rest_of_batch`); with
+    ``scale="batch"`` it changes the std that the first group is divided by.
+    """
+    group_size = len(rewards)
+    batch = list(rewards) + rest_of_batch(rest, group_size)
+    adv, zero = group_advantages(batch, group_size, scale=scale, eps=eps, unbiased=unbiased)
+    title = f"G = {group_size}, scale = {scale}, {'unbiased' if unbiased else 'population'} std, eps = {eps:g}"
+    if zero[0]:
+        title += " | all rewards equal: zero advantage, no gradient"
+    return advantage_bars(batch, adv, group_size, title=title)
+
+
+def advantage_explorer(max_group_size: int = 16):
+    """Sliders for a group's rewards and for G; toggles for scaling, std and eps; live bars."""
+    import ipywidgets as w
+
+    start = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    sliders = [w.FloatSlider(start[i] if i < len(start) else 0.0, min=0.0, max=4.0, step=0.5,
+                             description=f"r{i + 1}", continuous_update=False,
+                             layout=w.Layout(width="260px")) for i in range(max_group_size)]
+    size = w.IntSlider(8, min=2, max=max_group_size, description="G", continuous_update=False)
+    scale = w.ToggleButtons(options=["group", "batch", "none"], description="scale")
+    unbiased = w.Checkbox(True, description="unbiased std (torch.std)")
+    eps = w.FloatLogSlider(1e-4, base=10, min=-6, max=0, description="eps", continuous_update=False)
+    rest = w.Dropdown(options=REST_OF_BATCH, description="rest of batch")
+
+    def current() -> go.Figure:
+        return advantage_view([s.value for s in sliders[: size.value]], scale.value,
+                              unbiased.value, eps.value, rest.value)
+
+    figure = go.FigureWidget(current())
+
+    def redraw(_=None):
+        for i, slider in enumerate(sliders):
+            slider.layout.display = "" if i < size.value else "none"
+        new = current()
+        with figure.batch_update():
+            for trace, fresh in zip(figure.data, new.data):
+                trace.x, trace.y, trace.marker.color = fresh.x, fresh.y, fresh.marker.color
+            figure.layout.shapes = new.layout.shapes
+            figure.layout.title = new.layout.title
+
+    for control in (*sliders, size, scale, unbiased, eps, rest):
+        control.observe(redraw, "value")
+    redraw()
+    grid = w.GridBox(sliders, layout=w.Layout(grid_template_columns="repeat(4, 270px)"))
+    return w.VBox([w.HBox([size, rest]), scale, w.HBox([unbiased, eps]), grid, figure])

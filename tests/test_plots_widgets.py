@@ -41,3 +41,84 @@ def test_sample_explorer_samples_on_creation_and_on_click(pocket):
     index_slider.value = 2
     button.click()
     assert problems[2]["question"] in output.value
+
+
+# ----------------------------------------------------------------- reward and advantage explorers
+def test_reward_view_shows_every_term_and_the_gating():
+    from course_lib.rewards import SEED_000, RewardConfig
+    from course_lib.widgets import reward_view
+
+    hack = "work\n#### 13"
+    seed = reward_view(hack, "14", SEED_000)
+    gated = reward_view(hack, "14", RewardConfig(correctness_weight=2.0, format_weight=1.0))
+    assert "<td>13</td>" in seed and "+2.000" in seed and "not paid" not in seed
+    assert "not paid: wrong answer" in gated and "<b>+0.000</b>" in gated
+    assert "&lt;b&gt;" in reward_view("x", "<b>")        # typed text is escaped
+
+
+def test_reward_explorer_reacts_to_its_controls():
+    from course_lib.widgets import reward_explorer
+
+    box = reward_explorer({"hack": ("work\n#### 13", "14"), "good": ("3+4=7\n7*2=14\n#### 14", "14")})
+    pick, weights, (needs_correct, dotall), out = (box.children[0], box.children[3],
+                                                   box.children[4].children, box.children[5])
+    assert "not paid" in out.value                                 # default: gated
+    needs_correct.value = False
+    assert "<b>+2.000</b>" in out.value                            # seed 000: format paid to a wrong answer
+    weights.value = "correctness only"
+    assert "<b>+0.000</b>" in out.value
+    weights.value = weights.options[0]
+    pick.value = "good"
+    assert "<b>+4.000</b>" in out.value
+    dotall.value = False                                           # two lines of work: both layouts fail
+    assert "<b>+3.000</b>" in out.value
+
+
+def test_advantage_view_matches_group_advantages():
+    from course_lib.advantages import group_advantages
+    from course_lib.widgets import advantage_view
+
+    fig = advantage_view([2.0, 0.0, 1.0, 1.0], scale="group")
+    assert list(fig.data[0].y) == [2.0, 0.0, 1.0, 1.0]
+    expected = group_advantages([2.0, 0.0, 1.0, 1.0], 4).advantages.tolist()
+    assert list(fig.data[1].y) == pytest.approx(expected)
+    # another group in the batch changes batch scaling, not group scaling
+    alone = advantage_view([1.0, 0.0], scale="batch").data[1].y
+    with_rest = advantage_view([1.0, 0.0], scale="batch", rest="an all-right group").data[1].y
+    assert alone[0] != pytest.approx(with_rest[0]) and len(with_rest) == 4
+    assert advantage_view([1.0, 0.0], rest="an all-right group").data[1].y[:2] == \
+        advantage_view([1.0, 0.0]).data[1].y
+    assert "zero advantage" in advantage_view([1.0, 1.0, 1.0]).layout.title.text
+
+
+def test_advantage_explorer_updates_live():
+    from course_lib.widgets import advantage_explorer
+
+    box = advantage_explorer()
+    (size, rest), scale, (unbiased, eps), grid, figure = (box.children[0].children, box.children[1],
+                                                          box.children[2].children, box.children[3],
+                                                          box.children[4])
+    assert len(figure.data[0].y) == 8
+    size.value = 4
+    assert len(figure.data[0].y) == 4 and grid.children[5].layout.display == "none"
+    before = figure.data[1].y
+    unbiased.value = False
+    after = figure.data[1].y
+    assert after[0] == pytest.approx(before[0] * (4 / 3) ** 0.5, rel=1e-3)
+    grid.children[0].value = grid.children[1].value = grid.children[2].value = grid.children[3].value = 2.0
+    assert all(a == 0 for a in figure.data[1].y) and "zero advantage" in figure.layout.title.text
+
+
+def test_difficulty_weights_std_scaling_favours_the_extremes():
+    fig = plots.difficulty_weights(8)
+    grpo, dr_grpo = fig.data[0].y, fig.data[1].y
+    assert grpo[0] == grpo[8] == 0 and dr_grpo[0] == dr_grpo[8] == 0   # all equal: no signal
+    assert grpo[4] == dr_grpo[4] == 1.0                                  # relative to a half-right group
+    assert grpo[1] > dr_grpo[1] and grpo[2] > dr_grpo[2]                 # std scaling lifts the extremes
+    assert grpo[1] == pytest.approx(grpo[7]) and dr_grpo[3] == pytest.approx(dr_grpo[5])
+
+
+def test_component_shares():
+    table = pd.DataFrame({"correct": [True, True, False], "a": [1, 0, 1], "b": [1, 1, 0]})
+    fig = plots.component_shares(table, ("a", "b"))
+    assert [list(t.y) for t in fig.data] == [[1.0, 0.0], [0.5, 1.0]]
