@@ -48,3 +48,18 @@ def sequence_logprob(model, tokenizer, prompts: list[str], completions: list[str
     logps = completion_logprobs(model, prompt["input_ids"].to(device), prompt["attention_mask"].to(device),
                                 completion["input_ids"].to(device), completion["attention_mask"].to(device))
     return logps.sum(dim=1).cpu()
+
+
+def samples_logprobs(model, tokenizer, samples, temperature: float = 1.0) -> torch.Tensor:
+    """Per-token log-probs (N, T) of ``samples``' completions under ``model``, with gradients.
+
+    The same numbers as ``samples.logprobs`` when ``model`` is the model that sampled them
+    (up to float error), but differentiable: the quantity a policy-gradient loss pushes on.
+    """
+    prompts = [samples.prompts[i] for i in samples.prompt_index]
+    device = next(model.parameters()).device
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+                    padding_side="left").to(device)
+    return completion_logprobs(model, enc["input_ids"], enc["attention_mask"],
+                               samples.completion_ids.to(device), samples.completion_mask.to(device),
+                               temperature)

@@ -37,6 +37,12 @@ class Samples:
         """The texts as a P x n list of lists."""
         return [self.texts[i * self.n:(i + 1) * self.n] for i in range(len(self.prompts))]
 
+    def group(self, i: int) -> "Samples":
+        """The ``n`` completions of prompt ``i`` alone, as a one-prompt ``Samples``."""
+        rows = slice(i * self.n, (i + 1) * self.n)
+        return Samples([self.prompts[i]], self.n, self.texts[rows], [0] * self.n,
+                       self.completion_ids[rows], self.completion_mask[rows], self.logprobs[rows])
+
     @property
     def lengths(self) -> torch.Tensor:
         """(N,) number of generated tokens per completion, EOS included."""

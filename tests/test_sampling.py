@@ -72,3 +72,15 @@ def test_bad_arguments(pocket):
     model, tok = pocket
     with pytest.raises(ValueError, match="n and batch_size"):
         sample(model, tok, _prompts(tok, 1), n=0)
+
+
+def test_group_selects_one_prompts_completions(pocket):
+    from course_lib.sampling import sample
+
+    model, tok = pocket
+    samples = sample(model, tok, ["<|begin|><|user|>\n1+1?\n<|assistant|>\n", "<|begin|><|user|>\n2+2?\n<|assistant|>\n"],
+                     n=3, max_new_tokens=6, seed=0)
+    second = samples.group(1)
+    assert second.prompts == samples.prompts[1:] and second.texts == samples.texts[3:]
+    assert second.prompt_index == [0, 0, 0]
+    assert torch.equal(second.completion_ids, samples.completion_ids[3:])
