@@ -1,8 +1,9 @@
 """course_lib: the helper library behind the RL post-training course.
 
 One module per idea a learner meets: ``config`` (profiles), ``data`` (GSM8K, pocket-math,
-facts), ``prompts``, ``models``, ``sampling``, ``rewards``, ``evaluation``, ``plots``,
-``widgets``, ``environment``, and ``pocket`` (the course's own tiny model).
+facts), ``prompts``, ``models``, ``sampling``, ``rewards``, ``advantages``, ``losses``,
+``evaluation``, ``analysis``, ``plots``, ``widgets``, ``environment``, and ``pocket`` (the
+course's own tiny model).
 """
 
 __version__ = "0.1.0"

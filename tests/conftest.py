@@ -34,3 +34,30 @@ def pocket():
     from course_lib.models import load_pocket_model
 
     return load_pocket_model()
+
+
+@pytest.fixture(scope="module")
+def grpo_trainer(pocket, tmp_path_factory):
+    """A factory for TRL GRPOTrainers on the pocket model (CPU settings), to compare against TRL."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tokenizer = pocket
+
+    def make(rows: list[dict], reward_funcs, group_size: int, reward_weights=None,
+             max_completion_length: int = 2, **config):
+        args = GRPOConfig(output_dir=str(tmp_path_factory.mktemp("grpo")), use_cpu=True, bf16=False,
+                          gradient_checkpointing=False, per_device_train_batch_size=len(rows) * group_size,
+                          num_generations=group_size, max_completion_length=max_completion_length,
+                          reward_weights=reward_weights, report_to=[], seed=0, **config)
+        return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
+                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+
+    return make
+
+
+def trl_scored_batch(trainer, group_size: int) -> dict:
+    """TRL's own generate-and-score step on the trainer's data set, each prompt repeated G times
+    consecutively (the order of TRL's RepeatSampler). Returns TRL's output dict."""
+    batch = [row for row in trainer.train_dataset for _ in range(group_size)]
+    return trainer._generate_and_score_completions(batch)

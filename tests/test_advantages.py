@@ -89,12 +89,10 @@ def test_each_group_sums_to_zero_and_nothing_is_nan(batch, scale, unbiased):
 
 # ----------------------------------------------------------------- agreement with TRL
 @pytest.fixture(scope="module")
-def trl_scorer(pocket, tmp_path_factory):
+def trl_scorer(grpo_trainer):
     """Runs TRL's GRPOTrainer._generate_and_score_completions with rewards we choose."""
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from conftest import trl_scored_batch
 
-    model, tokenizer = pocket
     chosen = {}
 
     def scripted_reward(completions, **kwargs):
@@ -102,16 +100,9 @@ def trl_scorer(pocket, tmp_path_factory):
 
     def score(rewards: torch.Tensor, group_size: int, scale: str):
         chosen["rewards"] = rewards
-        prompts = len(rewards) // group_size
-        data = Dataset.from_list([{"prompt": f"Q{i}", "answer": "1"} for i in range(prompts)])
-        args = GRPOConfig(output_dir=str(tmp_path_factory.mktemp("grpo")), use_cpu=True, bf16=False,
-                          gradient_checkpointing=False, per_device_train_batch_size=len(rewards),
-                          num_generations=group_size, max_completion_length=2,
-                          scale_rewards=scale, report_to=[], seed=0)
-        trainer = GRPOTrainer(model=model, reward_funcs=scripted_reward, args=args,
-                              train_dataset=data, processing_class=tokenizer)
-        batch = [row for row in data for _ in range(group_size)]  # TRL's RepeatSampler order
-        out = trainer._generate_and_score_completions(batch)
+        rows = [{"prompt": f"Q{i}", "answer": "1"} for i in range(len(rewards) // group_size)]
+        trainer = grpo_trainer(rows, scripted_reward, group_size, scale_rewards=scale)
+        out = trl_scored_batch(trainer, group_size)
         mode = "train" if trainer.model.training else "eval"
         return out["advantages"], trainer._metrics[mode]["frac_reward_zero_std"][-1]
 

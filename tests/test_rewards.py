@@ -271,3 +271,39 @@ def test_no_reward_function_raises_on_any_completion(completion, gold):
 def test_final_marker_is_always_found(n, prefix):
     assert extract_answer(f"{prefix}\n#### {n:,}") == str(n)
     assert is_correct(f"{prefix}\n#### {n}", f"{n:,}")
+
+
+# ----------------------------------------------------------------- inside TRL's GRPOTrainer
+@pytest.mark.parametrize("conversational", [False, True])
+def test_rewards_run_inside_trl_grpo_trainer(grpo_trainer, pocket, conversational):
+    """TRL calls our functions with its own arguments; its weighted total equals make_reward's."""
+    from conftest import trl_scored_batch
+
+    from course_lib.data import pocket_math
+
+    _, tokenizer = pocket
+    problems = [p for p in pocket_math.pocket_test_set(20) if p["n_steps"] <= 2][:3]  # short: they finish
+    rows = [{"prompt": [{"role": "user", "content": p["question"]}] if conversational
+             else tokenizer.apply_chat_template([{"role": "user", "content": p["question"]}],
+                                                tokenize=False, add_generation_prompt=True),
+             "answer": p["answer"]} for p in problems]
+    config = RewardConfig(correctness_weight=2.0, format_weight=1.0, length_weight=0.5,
+                          format_needs_correct=False, max_length=60, length_buffer=30)
+    funcs, weights = trl_reward_funcs(config)
+    seen = []
+
+    def spy(completions, **kwargs):  # records what TRL passes, scores nothing
+        seen.append((completions, kwargs))
+        return [0.0] * len(completions)
+
+    trainer = grpo_trainer(rows, funcs + [spy], 4, reward_weights=weights + [0.0],
+                           max_completion_length=80, temperature=1.0)
+    out = trl_scored_batch(trainer, 4)
+    completions, kwargs = seen[-1]
+    assert isinstance(completions[0], list) == conversational
+    texts = [completion_text(c) for c in completions]
+    ours = make_reward(config)(completions, answer=kwargs["answer"], completion_ids=kwargs["completion_ids"])
+    mode = "train" if trainer.model.training else "eval"
+    assert trainer._metrics[mode]["reward"][-1] == pytest.approx(sum(ours) / len(ours), abs=1e-6)
+    assert any(t.strip() for t in texts) and len(out["advantages"]) == 12
+    assert len(set(ours)) > 1, "the check needs completions with different rewards"
