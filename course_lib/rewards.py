@@ -231,8 +231,9 @@ def format_components(text: Any, dotall: bool = True) -> dict[str, float]:
     """
     text = completion_text(text)[-MAX_CHARS:].strip()
     flags = re.DOTALL if dotall else 0
-    strict = re.fullmatch(r"[^\s#](?:(?!####).)*\n####[ \t]*" + _PLAIN_NUMBER, text, flags)
-    soft = re.match(r"\s*\S.*####\s*" + _NUMBER, text, flags)  # anchored: linear time
+    work = r"(?!####)\S"                   # reasoning starts with something other than a marker
+    strict = re.fullmatch(work + r"(?:(?!####).)*\n####[ \t]*" + _PLAIN_NUMBER, text, flags)
+    soft = re.match(work + r".*####\s*" + _NUMBER, text, flags)   # anchored: linear time
     markers = text.count("####")
     last = text.rsplit("####", 1)[-1].strip() if markers else ""
     return {

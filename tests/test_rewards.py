@@ -159,6 +159,8 @@ def test_format_components_of_a_good_completion():
     ("work\n#### 14\n#### 15", (0, 1, 0, 1)),          # two answers
     ("work\nThe answer is 14.", (0, 0, 0, 0)),         # no marker
     ("one line of work\n#### 14", (1, 1, 1, 1)),
+    ("## Step 1\n3+4=7\n#### 7", (1, 1, 1, 1)),      # a Markdown heading is reasoning, not a marker
+    ("#### 5 #### 6", (0, 0, 0, 1)),                  # markers alone are not reasoning
 ])
 def test_format_components_table(text, expected):
     assert tuple(format_components(text).values()) == expected
