@@ -5,6 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from course_lib.advantages import group_advantages
+
 
 def length_histograms(named_records: dict[str, list[dict]], field: str = "question") -> go.Figure:
     """Overlaid histograms of word counts of ``field``, one trace per data set (normalised)."""
@@ -100,8 +102,6 @@ def difficulty_weights(group_size: int, eps: float = 1e-4, unbiased: bool = True
     std multiplies a group by 1/std, which is largest for nearly solved and nearly
     hopeless prompts: relative to the middle, std scaling pushes the extremes harder.
     """
-    from course_lib.advantages import group_advantages
-
     correct = list(range(group_size + 1))
     fig = go.Figure()
     for scale, name in (("group", "divide by group std (GRPO)"), ("none", "no std (Dr. GRPO)")):

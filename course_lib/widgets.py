@@ -100,7 +100,7 @@ def reward_explorer(examples: dict[str, tuple[str, str]] | None = None):
 
     def show(_=None):
         base = SEED_000 if weights.value.startswith("seed") else RewardConfig()
-        config = RewardConfig(base.correctness_weight, base.format_weight or 0.0,
+        config = RewardConfig(base.correctness_weight, base.format_weight,
                               format_needs_correct=needs_correct.value, dotall=dotall.value)
         out.value = reward_view(text.value, gold.value, config)
 
