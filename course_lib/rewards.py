@@ -309,8 +309,9 @@ def reward_breakdown(text: Any, answer: Any, config: RewardConfig = RewardConfig
     """Every part of the reward for one completion, plus the extracted answer.
 
     ``length`` is the completion's length in tokens; by default its length in characters.
-    Returns ``extracted``, ``correct`` (bool), the four format components (0/1), and the
-    weighted terms ``correctness``, ``format``, ``length`` and their sum ``total``.
+    Returns ``extracted``, ``correct`` (bool), the four format components (0/1),
+    ``format_paid`` (whether format earns anything here), and the weighted terms
+    ``correctness``, ``format``, ``length`` and their sum ``total``.
     """
     text = completion_text(text)
     extracted = extract_answer(text)
@@ -318,7 +319,7 @@ def reward_breakdown(text: Any, answer: Any, config: RewardConfig = RewardConfig
     parts = format_components(text, config.dotall)
     paid = correct or not config.format_needs_correct
     length = len(text) if length is None else length
-    row: dict[str, Any] = {"extracted": extracted, "correct": correct, **parts}
+    row: dict[str, Any] = {"extracted": extracted, "correct": correct, **parts, "format_paid": paid}
     row["correctness"] = config.correctness_weight * float(correct)
     row["format"] = config.format_weight * FORMAT_POINTS * sum(parts.values()) * paid
     row["length"] = config.length_weight * overlong_penalty(length, config.max_length, config.length_buffer)
@@ -359,11 +360,11 @@ def _column(values: Any, name: str, n: int, reward: str, required: bool = True) 
     return values
 
 
-def _lengths(completions: Sequence, completion_ids: Sequence | None) -> list[int]:
-    texts = [completion_text(c) for c in completions]
-    if completion_ids is None or len(completion_ids) != len(completions):
-        return [len(t) for t in texts]
-    return [len(ids) if hasattr(ids, "__len__") else len(t) for ids, t in zip(completion_ids, texts)]
+def _token_counts(completion_ids: Sequence | None, n: int) -> list[int | None]:
+    """Token counts from TRL's ``completion_ids``; ``None`` where unknown (characters are used)."""
+    if completion_ids is None or len(completion_ids) != n:
+        return [None] * n
+    return [len(ids) if hasattr(ids, "__len__") else None for ids in completion_ids]
 
 
 def make_reward(config: RewardConfig = RewardConfig(), name: str = "reward") -> Callable[..., list[float]]:
@@ -373,7 +374,7 @@ def make_reward(config: RewardConfig = RewardConfig(), name: str = "reward") -> 
                **kwargs: Any) -> list[float]:
         needs_answers = bool(config.correctness_weight or config.format_weight)
         golds = _column(answer, "answer", len(completions), name, required=needs_answers)
-        lengths = _lengths(completions, completion_ids)
+        lengths = _token_counts(completion_ids, len(completions))
         return [reward_breakdown(c, g, config, n)["total"]
                 for c, g, n in zip(completions, golds, lengths)]
 

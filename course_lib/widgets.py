@@ -13,7 +13,7 @@ from course_lib.advantages import group_advantages
 from course_lib.plots import advantage_bars
 from course_lib.prompts import format_prompt
 from course_lib.rewards import (
-    EXAMPLE_COMPLETIONS, FORMAT_COMPONENTS, SEED_000, RewardConfig, extract_answer, is_correct,
+    EXAMPLE_COMPLETIONS, FORMAT_COMPONENTS, SEED_000, RewardConfig, answer_matches, extract_answer,
     reward_breakdown,
 )
 
@@ -24,13 +24,14 @@ def render_samples(problem: dict, texts: list[str]) -> str:
              f"<b>Gold answer:</b> {html.escape(str(problem['answer']))}</p>"]
     n_right = 0
     for i, text in enumerate(texts, start=1):
-        right = is_correct(text, problem["answer"])
+        extracted = extract_answer(text)
+        right = answer_matches(extracted, problem["answer"])
         n_right += right
         mark = "&#10004;" if right else "&#10008;"
         colour = "#2e7d32" if right else "#c62828"
         parts.append(f"<div style='border-left:4px solid {colour};padding-left:8px;margin:6px 0'>"
                      f"<b style='color:{colour}'>{mark} sample {i}</b> "
-                     f"(extracted: {html.escape(str(extract_answer(text)))})"
+                     f"(extracted: {html.escape(str(extracted))})"
                      f"<pre style='white-space:pre-wrap;margin:2px 0'>{html.escape(text)}</pre></div>")
     parts.insert(1, f"<p><b>{n_right} of {len(texts)}</b> samples are correct.</p>")
     return "".join(parts)
@@ -66,11 +67,10 @@ def sample_explorer(model, tokenizer, problems: list[dict], max_new_tokens: int 
 def reward_view(text: str, answer: str, config: RewardConfig = RewardConfig()) -> str:
     """HTML table of every reward component of one completion under ``config``."""
     row = reward_breakdown(text, answer, config)
-    paid = row["correct"] or not config.format_needs_correct
     lines = [("extracted answer", html.escape(str(row["extracted"]))),
              ("gold answer", html.escape(str(answer))),
              ("correct", "yes" if row["correct"] else "no")]
-    lines += [(f"format: {name}", f"{row[name]:.0f}" + ("" if paid else " (not paid: wrong answer)"))
+    lines += [(f"format: {name}", f"{row[name]:.0f}" + ("" if row["format_paid"] else " (not paid: wrong answer)"))
               for name in FORMAT_COMPONENTS]
     lines += [(f"<b>{term}</b>", f"{row[term]:+.3f}") for term in ("correctness", "format", "length")]
     lines.append(("<b>total reward</b>", f"<b>{row['total']:+.3f}</b>"))
@@ -90,7 +90,8 @@ def reward_explorer(examples: dict[str, tuple[str, str]] | None = None):
     pick = w.Dropdown(options=list(examples), description="example")
     text = w.Textarea(layout=w.Layout(width="95%", height="120px"), description="completion")
     gold = w.Text(description="gold answer")
-    weights = w.ToggleButtons(options=["seed 000 (2 + 4 x 0.5)", "correctness only"], description="weights")
+    weights = w.ToggleButtons(options=[("seed 000 (2 + 4 x 0.5)", SEED_000), ("correctness only", RewardConfig())],
+                              description="weights")
     needs_correct = w.Checkbox(True, description="format credit only for correct answers")
     dotall = w.Checkbox(True, description="re.DOTALL in the format patterns")
     out = w.HTML()
@@ -99,8 +100,7 @@ def reward_explorer(examples: dict[str, tuple[str, str]] | None = None):
         text.value, gold.value = examples[pick.value]
 
     def show(_=None):
-        base = SEED_000 if weights.value.startswith("seed") else RewardConfig()
-        config = RewardConfig(base.correctness_weight, base.format_weight,
+        config = RewardConfig(weights.value.correctness_weight, weights.value.format_weight,
                               format_needs_correct=needs_correct.value, dotall=dotall.value)
         out.value = reward_view(text.value, gold.value, config)
 
@@ -113,17 +113,21 @@ def reward_explorer(examples: dict[str, tuple[str, str]] | None = None):
 
 
 # --------------------------------------------------------------------------- advantages
+#: The other group in the advantage explorer's batch (it matters only for batch scaling), by G.
+_REST_OF_BATCH = {
+    "none": lambda g: [],
+    "an all-wrong group": lambda g: [0.0] * g,
+    "an all-right group": lambda g: [1.0] * g,
+    "a half-right group": lambda g: [1.0, 0.0] * (g // 2) + [1.0] * (g % 2),
+}
+REST_OF_BATCH = tuple(_REST_OF_BATCH)
+
+
 def rest_of_batch(kind: str, group_size: int) -> list[float]:
-    """The other group in the batch for the advantage explorer (matters only for batch scaling)."""
-    half = [1.0, 0.0] * (group_size // 2) + [1.0] * (group_size % 2)
-    options = {"none": [], "an all-wrong group": [0.0] * group_size,
-               "an all-right group": [1.0] * group_size, "a half-right group": half}
-    if kind not in options:
-        raise ValueError(f"unknown rest of batch {kind!r}; choose from {list(options)}")
-    return options[kind]
-
-
-REST_OF_BATCH = ("none", "an all-wrong group", "an all-right group", "a half-right group")
+    """The rewards of the other group in the batch, ``kind`` one of ``REST_OF_BATCH``."""
+    if kind not in _REST_OF_BATCH:
+        raise ValueError(f"unknown rest of batch {kind!r}; choose from {list(REST_OF_BATCH)}")
+    return _REST_OF_BATCH[kind](group_size)
 
 
 def advantage_view(rewards: Sequence[float], scale: str = "group", unbiased: bool = True,
