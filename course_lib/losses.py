@@ -1,52 +1,96 @@
-"""Log-probabilities of completions under a model: the quantity every loss is built from.
+"""Log-probabilities of completions, KL estimators, and the GRPO loss, line by line.
 
 For a prompt x and a completion y = (y_1 .. y_T) the model gives
 
     log pi(y_t | x, y_<t) = log_softmax(logits_t / T)[y_t]      (T: temperature)
 
-per token, and log pi(y | x) = sum_t log pi(y_t | x, y_<t) per sequence. The GRPO,
-SFT and ORPO losses of later lessons are all written in terms of these.
+per token, and log pi(y | x) = sum_t log pi(y_t | x, y_<t) per sequence. Every loss of
+the course is written in terms of these per-token log-probs.
+
+The GRPO loss (lesson 04) for completion i, token t, with advantage A_i:
+
+    r_it      = exp(logp_it - old_it)                          ratio to pi_old (the sampler)
+    surrogate = min(r_it * A_i, clip(r_it, 1 - eps_low, 1 + eps_high) * A_i)
+    l_it      = -surrogate + beta * k3(pi || pi_ref)_it         pi_ref: a frozen copy, not pi_old
+
+then aggregated over tokens and completions (``LOSS_TYPES``). The same formulas as TRL's
+``GRPOTrainer._compute_loss``; ``tests/test_losses.py`` checks that they agree to 1e-6.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+
+# --------------------------------------------------------------------------- log-probs
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log_softmax(logits)[targets]: (B, T, V) logits and (B, T) ids -> (B, T) log-probs."""
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                        completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                        temperature: float = 1.0) -> torch.Tensor:
-    """Per-token log-probs of the completions, masked.
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution, H_t = -sum_v p_v log p_v: (B, T, V) -> (B, T)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def completion_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                      completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """The logits (divided by ``temperature``) that predict each completion token: (B, T, V).
 
     Shapes: ``prompt_ids``/``prompt_mask`` (B, P), left-padded; ``completion_ids``/
-    ``completion_mask`` (B, T), right-padded. Returns (B, T), zero where the mask is 0.
-    Position ids are derived from the attention mask so that left padding does not
-    shift the positions (the same positions ``generate`` used).
+    ``completion_mask`` (B, T), right-padded. Position ids are derived from the attention
+    mask so that left padding does not shift the positions (the same positions
+    ``generate`` used).
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     # The logit at position i predicts token i+1: keep the ones that predict the completion.
-    logits = logits[:, prompt_ids.shape[1] - 1:-1] / temperature
+    return logits[:, prompt_ids.shape[1] - 1:-1] / temperature
+
+
+def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                        completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                        temperature: float = 1.0) -> torch.Tensor:
+    """Per-token log-probs of the completions, masked: (B, T), zero where the mask is 0."""
+    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
     return token_logprobs(logits, completion_ids) * completion_mask
+
+
+def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids and attention mask, (B, P) each, on ``device``."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+                    padding_side="left")
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def samples_inputs(tokenizer, samples, device="cpu") -> dict[str, torch.Tensor]:
+    """The four tensors a loss needs for ``samples`` (one row per completion), on ``device``:
+    ``prompt_ids``/``prompt_mask`` (N, P) and ``completion_ids``/``completion_mask`` (N, T)."""
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, [samples.prompts[i] for i in samples.prompt_index],
+                                             device)
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
+            "completion_ids": samples.completion_ids.to(device),
+            "completion_mask": samples.completion_mask.to(device)}
 
 
 @torch.no_grad()
 def sequence_logprob(model, tokenizer, prompts: list[str], completions: list[str]) -> torch.Tensor:
     """log pi(completion | prompt) summed over the completion's tokens: (B,) float32."""
-    prompt = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
-                       padding_side="left")
-    completion = tokenizer(completions, return_tensors="pt", padding=True, add_special_tokens=False,
-                           padding_side="right")
     device = next(model.parameters()).device
-    logps = completion_logprobs(model, prompt["input_ids"].to(device), prompt["attention_mask"].to(device),
-                                completion["input_ids"].to(device), completion["attention_mask"].to(device))
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    completion = tokenizer(completions, return_tensors="pt", padding=True, add_special_tokens=False,
+                           padding_side="right").to(device)
+    logps = completion_logprobs(model, prompt_ids, prompt_mask,
+                                completion["input_ids"], completion["attention_mask"])
     return logps.sum(dim=1).cpu()
 
 
@@ -56,10 +100,138 @@ def samples_logprobs(model, tokenizer, samples, temperature: float = 1.0) -> tor
     The same numbers as ``samples.logprobs`` when ``model`` is the model that sampled them
     (up to float error), but differentiable: the quantity a policy-gradient loss pushes on.
     """
-    prompts = [samples.prompts[i] for i in samples.prompt_index]
-    device = next(model.parameters()).device
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
-                    padding_side="left").to(device)
-    return completion_logprobs(model, enc["input_ids"], enc["attention_mask"],
-                               samples.completion_ids.to(device), samples.completion_mask.to(device),
-                               temperature)
+    return completion_logprobs(model, **samples_inputs(tokenizer, samples, next(model.parameters()).device),
+                               temperature=temperature)
+
+
+# --------------------------------------------------------------------------- KL estimators
+# Schulman's estimators of KL(pi || pi_ref) from tokens sampled from pi. With
+# d = logp_ref - logp (the log-ratio ref/pi at the sampled token):
+#   k1 = -d                 unbiased, high variance, negative on some tokens
+#   k2 = d^2 / 2            biased, low variance, always >= 0
+#   k3 = exp(d) - d - 1     unbiased, low variance, always >= 0   (GRPO, TRL)
+
+def kl_k1(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """k1 = log pi - log pi_ref, per token (any shape)."""
+    return logps - ref_logps
+
+
+def kl_k2(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """k2 = (log pi - log pi_ref)^2 / 2, per token."""
+    return 0.5 * (logps - ref_logps) ** 2
+
+
+def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """k3 = exp(ref - logp) - (ref - logp) - 1, per token: the estimator GRPO and TRL use."""
+    d = ref_logps - logps
+    return torch.exp(d) - d - 1
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is 1 (0 when the mask is empty)."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+# --------------------------------------------------------------------------- the GRPO loss
+
+@dataclass
+class GRPOLoss:
+    loss: torch.Tensor               # scalar, differentiable: call .backward() on it
+    per_token_loss: torch.Tensor     # (B, T) l_it before aggregation (not masked)
+    metrics: dict[str, float]        # clip fractions, kl, entropy, ratio, policy loss
+
+
+def aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str,
+              max_completion_length: int | None = None, num_sequences: int | None = None,
+              num_tokens: float | None = None) -> torch.Tensor:
+    """Reduce l_it (B, T) to a scalar. With |o_i| the length of completion i, m the mask:
+
+    * ``grpo``:    (1/B) sum_i (1/|o_i|) sum_t l_it    each completion weighs the same, so a
+      token of a long completion weighs less: the length bias of the original GRPO.
+    * ``bnpo``:    sum_{i,t} m l_it / sum_{i,t} m     token mean over this batch.
+    * ``dr_grpo``: sum_{i,t} m l_it / (B * L_max)     a constant normaliser (Dr. GRPO).
+    * ``dapo``:    sum_{i,t} m l_it / N_tokens        token mean over the whole generation batch.
+
+    ``num_sequences`` (B) and ``num_tokens`` (N_tokens) default to this batch's; pass the
+    whole batch's counts when the loss is computed in micro-batches so that they add up.
+    With one batch, ``bnpo`` and ``dapo`` are the same number.
+    """
+    mask = mask.to(per_token_loss.dtype)
+    num_sequences = per_token_loss.shape[0] if num_sequences is None else num_sequences
+    masked = per_token_loss * mask
+    if loss_type == "grpo":
+        return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).sum() / num_sequences
+    if loss_type == "bnpo":
+        return masked.sum() / mask.sum().clamp(min=1.0)
+    if loss_type == "dr_grpo":
+        if max_completion_length is None:
+            raise ValueError("loss_type='dr_grpo' needs max_completion_length (its constant normaliser)")
+        return masked.sum() / (num_sequences * max_completion_length)
+    if loss_type == "dapo":
+        num_tokens = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=mask.dtype)
+        return masked.sum() / num_tokens.clamp(min=1.0)
+    raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+
+
+def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, advantages: torch.Tensor,
+              mask: torch.Tensor, *, ref_logps: torch.Tensor | None = None, beta: float = 0.0,
+              epsilon_low: float = 0.2, epsilon_high: float | None = None, loss_type: str = "dapo",
+              max_completion_length: int | None = None, num_sequences: int | None = None,
+              num_tokens: float | None = None, entropy: torch.Tensor | None = None,
+              kl_ratio_correction: bool = True) -> GRPOLoss:
+    """The clipped GRPO objective, negated (a loss to minimise).
+
+    Shapes: ``logps`` (B, T) under the policy being trained (with gradients); ``old_logps``
+    (B, T) under pi_old, the policy that sampled the batch (None: the same as ``logps``,
+    detached, i.e. mu = 1); ``advantages`` (B,) or (B, T); ``mask`` (B, T); ``ref_logps``
+    (B, T) under the frozen reference pi_ref, needed when ``beta > 0``; ``entropy`` (B, T),
+    only reported.
+
+        r_it = exp(logp_it - old_it)
+        l_it = -min(r_it A_i, clip(r_it, 1 - eps_low, 1 + eps_high) A_i) + beta r_it k3_it
+
+    aggregated by :func:`aggregate`. The factor r_it on the KL term (``kl_ratio_correction``,
+    on by default as in TRL 1.16, from DeepSeek-V3.2) makes its gradient the unbiased gradient
+    of the reverse KL(pi || pi_ref): without it, E_pi[grad k3] is the gradient of the forward
+    KL(pi_ref || pi). r_it is 1 in value on-policy but not in gradient. ``epsilon_high`` defaults to ``epsilon_low`` (DAPO's
+    "clip-higher" sets it larger, e.g. 0.28). Metrics are token means over the mask:
+    ``clip_ratio/low`` (r < 1 - eps_low where A < 0), ``clip_ratio/high`` (r > 1 + eps_high
+    where A > 0), ``clip_ratio/region`` (either), ``kl`` (r k3 or k3, when ``ref_logps`` is given),
+    ``entropy``, ``ratio`` and ``policy_loss``.
+    """
+    epsilon_high = epsilon_low if epsilon_high is None else epsilon_high
+    if beta != 0.0 and ref_logps is None:
+        raise ValueError("beta > 0 needs ref_logps: log-probs of the same tokens under the frozen reference")
+    if old_logps is None:
+        old_logps = logps.detach()
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)                            # (B, 1): one A per completion
+
+    ratio = torch.exp(logps - old_logps)                                # r_it, 1 at the first inner step
+    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
+    per_token_loss = -torch.min(ratio * advantages, clipped * advantages)
+    if ref_logps is not None:
+        per_token_kl = kl_k3(logps, ref_logps)
+        if kl_ratio_correction:
+            per_token_kl = per_token_kl * ratio
+    if beta != 0.0:
+        per_token_loss = per_token_loss + beta * per_token_kl
+    loss = aggregate(per_token_loss, mask, loss_type, max_completion_length, num_sequences, num_tokens)
+
+    with torch.no_grad():
+        mask_f = mask.float()
+        low = ((ratio < 1 - epsilon_low) & (advantages < 0)).float()
+        high = ((ratio > 1 + epsilon_high) & (advantages > 0)).float()
+        metrics = {"policy_loss": float(loss),
+                   "ratio": float(masked_mean(ratio, mask_f)),
+                   "clip_ratio/low": float(masked_mean(low, mask_f)),
+                   "clip_ratio/high": float(masked_mean(high, mask_f)),
+                   "clip_ratio/region": float(masked_mean(torch.maximum(low, high), mask_f))}
+        if ref_logps is not None:
+            metrics["kl"] = float(masked_mean(per_token_kl, mask_f))
+        if entropy is not None:
+            metrics["entropy"] = float(masked_mean(entropy, mask_f))
+    return GRPOLoss(loss, per_token_loss, metrics)

@@ -1,0 +1,168 @@
+"""course_lib.losses: KL estimators, aggregations, the clipped GRPO loss, and TRL's agreement."""
+
+import math
+
+import pytest
+import torch
+
+from course_lib.losses import (KL_ESTIMATORS, aggregate, completion_logits, grpo_loss, kl_k3,
+                               token_entropy, token_logprobs)
+
+
+# ----------------------------------------------------------------- building blocks
+def test_entropy_of_uniform_and_of_one_hot():
+    uniform = torch.zeros(1, 1, 8)
+    assert token_entropy(uniform).item() == pytest.approx(math.log(8))
+    one_hot = torch.tensor([[[100.0, 0.0, 0.0]]])
+    assert token_entropy(one_hot).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kl_estimators_against_the_exact_kl_of_a_categorical():
+    """k1 and k3 are unbiased, k2 is not; k2 and k3 are never negative, k1 is."""
+    gen = torch.Generator().manual_seed(0)
+    logp = torch.log_softmax(torch.randn(6, generator=gen), dim=0)
+    ref = torch.log_softmax(logp.exp().log() + 0.5 * torch.randn(6, generator=gen), dim=0)
+    exact = float((logp.exp() * (logp - ref)).sum())
+    tokens = torch.multinomial(logp.exp(), 400_000, replacement=True, generator=gen)
+    est = {name: f(logp[tokens], ref[tokens]) for name, f in KL_ESTIMATORS.items()}
+    assert est["k1"].mean().item() == pytest.approx(exact, rel=0.03)
+    assert est["k3"].mean().item() == pytest.approx(exact, rel=0.03)
+    assert est["k3"].min() >= 0 and est["k2"].min() >= 0 and est["k1"].min() < 0
+    assert est["k3"].std() < est["k1"].std()
+    assert kl_k3(logp, logp).abs().max() == 0
+
+
+def test_the_ratio_makes_the_k3_gradient_the_reverse_kl_gradient():
+    """Expected over tokens y ~ pi (summed exactly over a small vocabulary):
+    E[grad r k3] = grad KL(pi || ref), while E[grad k3] = grad KL(ref || pi)."""
+    gen = torch.Generator().manual_seed(3)
+    theta = torch.randn(5, generator=gen, requires_grad=True)
+    ref = torch.log_softmax(torch.randn(5, generator=gen), dim=0)
+
+    def expected_grad(correction: bool) -> torch.Tensor:
+        logp = torch.log_softmax(theta, dim=0)
+        probs = logp.exp().detach()                   # the sampling distribution: no gradient
+        out = grpo_loss(logp.unsqueeze(1), None, torch.zeros(5), torch.ones(5, 1), ref_logps=ref.unsqueeze(1),
+                        beta=1.0, loss_type="bnpo", kl_ratio_correction=correction)
+        return torch.autograd.grad((out.per_token_loss.squeeze(1) * probs).sum(), theta)[0]
+
+    def exact_grad(reverse: bool) -> torch.Tensor:
+        logp = torch.log_softmax(theta, dim=0)
+        kl = (logp.exp() * (logp - ref)).sum() if reverse else (ref.exp() * (ref - logp)).sum()
+        return torch.autograd.grad(kl, theta)[0]
+
+    torch.testing.assert_close(expected_grad(True), exact_grad(reverse=True))
+    torch.testing.assert_close(expected_grad(False), exact_grad(reverse=False))
+    assert not torch.allclose(exact_grad(True), exact_grad(False), atol=1e-3)
+
+
+def test_aggregations_by_hand():
+    loss = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
+    assert aggregate(loss, mask, "grpo").item() == pytest.approx((1 + 4) / 2)       # per-sequence means
+    assert aggregate(loss, mask, "bnpo").item() == pytest.approx(8 / 5)             # token mean
+    assert aggregate(loss, mask, "dapo").item() == pytest.approx(8 / 5)
+    assert aggregate(loss, mask, "dapo", num_tokens=10).item() == pytest.approx(8 / 10)
+    assert aggregate(loss, mask, "dr_grpo", max_completion_length=8).item() == pytest.approx(8 / 16)
+    with pytest.raises(ValueError, match="max_completion_length"):
+        aggregate(loss, mask, "dr_grpo")
+    with pytest.raises(ValueError, match="unknown loss_type"):
+        aggregate(loss, mask, "ppo")
+
+
+def test_with_mu_1_the_loss_is_minus_the_mean_advantage_but_the_gradient_is_not_zero():
+    """At the first inner step r = 1: the value is -mean(A) (0 for group-normalised A), the
+    gradient is the policy gradient -A * grad log pi."""
+    logits = torch.randn(2, 3, 5, requires_grad=True)
+    targets = torch.randint(0, 5, (2, 3))
+    mask = torch.ones(2, 3)
+    advantages = torch.tensor([1.0, -1.0])
+    out = grpo_loss(token_logprobs(logits, targets), None, advantages, mask, loss_type="bnpo")
+    assert out.loss.item() == pytest.approx(0.0, abs=1e-7)
+    out.loss.backward()
+    assert logits.grad.abs().sum() > 0
+    assert out.metrics["clip_ratio/region"] == 0 and out.metrics["ratio"] == pytest.approx(1.0)
+
+
+def test_clipping_stops_the_gradient_only_on_the_profitable_side():
+    """A > 0 and r > 1 + eps: clipped, no gradient. A < 0 and r > 1 + eps: not clipped
+    (min picks the unclipped, worse term), so the gradient pushes r back down."""
+    logp = torch.zeros(2, 1, requires_grad=True)
+    old = torch.full((2, 1), -0.5)                    # r = e^0.5 = 1.65 > 1.2
+    out = grpo_loss(logp, old, torch.tensor([1.0, -1.0]), torch.ones(2, 1), loss_type="bnpo")
+    out.loss.backward()
+    assert logp.grad[0, 0] == 0                       # clipped
+    assert logp.grad[1, 0] > 0                        # loss grows with r: descent lowers log pi
+    assert out.metrics["clip_ratio/high"] == 0.5 and out.metrics["clip_ratio/low"] == 0.0
+
+
+def test_beta_needs_a_reference():
+    with pytest.raises(ValueError, match="ref_logps"):
+        grpo_loss(torch.zeros(1, 1), None, torch.zeros(1), torch.ones(1, 1), beta=0.1)
+
+
+# ----------------------------------------------------------------- agreement with TRL
+def _ours(model, inputs, trainer, loss_type, beta, eps_low, eps_high):
+    logits = completion_logits(model, inputs["prompt_ids"], inputs["prompt_mask"],
+                               inputs["completion_ids"], inputs["completion_mask"], trainer.temperature)
+    logps = token_logprobs(logits, inputs["completion_ids"])
+    return grpo_loss(logps, inputs["old_per_token_logps"], inputs["advantages"], inputs["completion_mask"],
+                     ref_logps=inputs.get("ref_per_token_logps"), beta=beta, epsilon_low=eps_low,
+                     epsilon_high=eps_high, loss_type=loss_type,
+                     max_completion_length=trainer.max_completion_length,
+                     num_tokens=inputs["num_items_in_batch"], entropy=token_entropy(logits))
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_equals_trl_compute_loss(grpo_trainer, pocket, loss_type, beta):
+    """TRL's GRPOTrainer samples a batch; we then set its advantages and move pi_old and pi_ref
+    away from pi (as after mu > 1 inner steps) so that clipping and the KL term both bind.
+    TRL's ``_compute_loss`` and ours must give the same loss, gradient and metrics."""
+    from conftest import trl_scored_batch
+
+    from course_lib.data.pocket_math import pocket_test_set
+    from course_lib.prompts import format_prompt
+    from course_lib.rewards import make_correctness_reward
+
+    rows = [{"prompt": format_prompt(pocket[1], p["question"]), "answer": p["answer"]}
+            for p in pocket_test_set(3)]
+    trainer = grpo_trainer(rows, make_correctness_reward(), 4, max_completion_length=40,
+                           loss_type=loss_type, beta=beta, num_iterations=2, epsilon=0.2,
+                           epsilon_high=0.28)
+    model = trainer.model
+    model.train()
+    trainer.current_gradient_accumulation_steps = 1     # what Trainer.train() sets (no accumulation)
+    inputs = trl_scored_batch(trainer, 4)
+    assert inputs["completion_mask"].sum(1).min() < 40, "want completions of different lengths"
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        current = token_logprobs(completion_logits(model, inputs["prompt_ids"], inputs["prompt_mask"],
+                                                   inputs["completion_ids"], inputs["completion_mask"]),
+                                 inputs["completion_ids"])
+    inputs["advantages"] = torch.randn(len(current), generator=gen)
+    inputs["old_per_token_logps"] = current + 0.3 * torch.randn(current.shape, generator=gen)
+    if beta:
+        inputs["ref_per_token_logps"] = current + 0.5 * torch.randn(current.shape, generator=gen)
+
+    model.zero_grad()
+    theirs = trainer._compute_loss(model, inputs)
+    theirs.backward()
+    their_grads = [p.grad.clone() for p in model.parameters()]
+    their_metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+
+    model.zero_grad()
+    ours = _ours(model, inputs, trainer, loss_type, beta, 0.2, 0.28)
+    ours.loss.backward()
+
+    assert abs(ours.loss.item() - theirs.item()) < 1e-6
+    assert abs(theirs.item()) > 1e-3, "a loss of ~0 would make this test weak"
+    for mine, theirs_g in zip((p.grad for p in model.parameters()), their_grads):
+        torch.testing.assert_close(mine, theirs_g, rtol=1e-4, atol=1e-6)
+    for name in ("clip_ratio/low", "clip_ratio/high", "clip_ratio/region"):
+        assert ours.metrics[name] == pytest.approx(their_metrics[name + "_mean"], abs=1e-6), name
+    # TRL's fused kernel computes the entropy another way: equal up to float32 rounding
+    assert ours.metrics["entropy"] == pytest.approx(their_metrics["entropy"], rel=1e-4)
+    assert ours.metrics["clip_ratio/region"] > 0
+    if beta:
+        assert ours.metrics["kl"] == pytest.approx(their_metrics["kl"], abs=1e-6)
