@@ -62,3 +62,58 @@ def load_model(profile):
 def count_parameters(model: torch.nn.Module) -> int:
     """Distinct parameters (tied input/output embeddings counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def policy_backend(profile) -> str:
+    """``"unsloth"`` when the profile asks for it and CUDA exists, else ``"transformers"``.
+
+    Unsloth 2026.10.9 imports on a CPU-only machine but its kernels need CUDA, so the
+    decision is made on ``torch.cuda.is_available()``, not on whether the import works.
+    """
+    return "unsloth" if profile.use_unsloth and torch.cuda.is_available() else "transformers"
+
+
+def load_policy(profile, lora=None, max_seq_length: int = 1024, seed: int = 0):
+    """The model to train and its tokenizer, with LoRA adapters when ``lora`` (a PEFT
+    ``LoraConfig``, e.g. :func:`course_lib.train.recipes.lora_config`) is given.
+
+    With CUDA and ``profile.use_unsloth``: Unsloth's ``FastLanguageModel`` (its fast kernels
+    and its own LoRA wrapper; import Unsloth before transformers/trl/peft, which
+    :func:`import_unsloth_first` does). Otherwise transformers + PEFT. Prints one line
+    saying which path was taken.
+    """
+    backend = policy_backend(profile)
+    if backend == "unsloth":
+        FastLanguageModel = import_unsloth_first().FastLanguageModel
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=profile.model_name, max_seq_length=max_seq_length,
+            dtype=getattr(torch, profile.dtype), load_in_4bit=False)
+        if lora is not None:
+            model = FastLanguageModel.get_peft_model(
+                model, r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                target_modules=sorted(lora.target_modules), bias="none",
+                use_gradient_checkpointing="unsloth", random_state=seed)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        model, tokenizer = load_model(profile)
+        if lora is not None:
+            from peft import get_peft_model
+
+            torch.manual_seed(seed)           # the adapters' random init
+            model = get_peft_model(model, lora)
+    adapters = f"LoRA r={lora.r}, alpha={lora.lora_alpha}" if lora is not None else "full fine-tuning"
+    why = "" if backend == "unsloth" else (" (no CUDA: Unsloth skipped)" if profile.use_unsloth else "")
+    print(f"policy: {profile.model_name} via {backend}{why}, {adapters}, on {next(model.parameters()).device}")
+    return model, tokenizer
+
+
+def import_unsloth_first():
+    """Import Unsloth (only where CUDA exists), which must come before transformers, trl
+    and peft so that it can patch them. Returns the module, or None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    import unsloth
+
+    return unsloth

@@ -56,13 +56,17 @@ def accuracy_by_steps(per_problem, steps: list[int], metric: str = "per_sample_a
     return fig
 
 
-def training_curves(keys: tuple[str, ...] = ("loss",), title: str = "Training") -> go.FigureWidget:
-    """An empty live figure with one subplot per logged key; fill it with :func:`append_point`."""
-    fig = go.FigureWidget(make_subplots(rows=1, cols=len(keys), subplot_titles=keys))
-    for i, key in enumerate(keys, start=1):
+def training_curves(keys: tuple[str, ...] = ("loss",), title: str = "Training",
+                    cols: int = 3) -> go.FigureWidget:
+    """An empty live figure with one subplot per logged key (``cols`` per row); fill it
+    with :func:`append_point`."""
+    cols = min(cols, len(keys))
+    rows = -(-len(keys) // cols)
+    fig = go.FigureWidget(make_subplots(rows=rows, cols=cols, subplot_titles=keys))
+    for i, key in enumerate(keys):
         fig.add_scatter(x=[], y=[], mode="lines+markers" if key != "loss" else "lines",
-                        name=key, row=1, col=i)
-    fig.update_layout(title=title, showlegend=False, height=320)
+                        name=key, row=i // cols + 1, col=i % cols + 1)
+    fig.update_layout(title=title, showlegend=False, height=280 * rows + 40)
     return fig
 
 
@@ -73,6 +77,25 @@ def append_point(fig: go.FigureWidget, row: dict, x_key: str = "step") -> None:
             if trace.name in row:
                 trace.x = tuple(trace.x) + (row[x_key],)
                 trace.y = tuple(trace.y) + (row[trace.name],)
+
+
+class LiveCurves:
+    """Training curves that redraw as training runs: pass the object as a callback.
+
+    ``curves = LiveCurves(("reward", "accuracy")); display(curves.figure)``; then every
+    ``curves(row)`` (a dict with ``step`` and some of the keys) adds one point per curve.
+    """
+
+    def __init__(self, keys: tuple[str, ...], title: str = "Training", x_key: str = "step", cols: int = 3):
+        self.figure = training_curves(keys, title, cols)
+        self.x_key = x_key
+
+    def __call__(self, row: dict) -> None:
+        append_point(self.figure, row, self.x_key)
+
+    def values(self, key: str) -> list[float]:
+        """The points drawn so far for ``key``."""
+        return [y for trace in self.figure.data if trace.name == key for y in trace.y]
 
 
 def advantage_bars(rewards, advantages, group_size: int, title: str = "Rewards and advantages") -> go.Figure:
@@ -129,4 +152,55 @@ def component_shares(table, components: tuple[str, ...], by: str = "correct") ->
                     name=f"{by} = {value} ({len(rows)})")
     fig.update_layout(barmode="group", yaxis_range=[0, 1], yaxis_title="share of completions",
                       title="Which completions earn the format components?", height=360)
+    return fig
+
+
+def kl_estimators(table) -> go.Figure:
+    """Mean (with +-1 std band as error bars) of k1, k2, k3 against the exact KL, from
+    :func:`course_lib.analysis.kl_estimator_table`."""
+    fig = go.Figure()
+    exact = table.drop_duplicates("shift")
+    fig.add_scatter(x=exact["exact_kl"], y=exact["exact_kl"], name="exact KL", mode="lines",
+                    line={"color": "black", "dash": "dash"})
+    for name, part in table.groupby("estimator"):
+        fig.add_scatter(x=part["exact_kl"], y=part["mean"], name=f"{name} (mean ± std)", mode="markers+lines",
+                        error_y={"type": "data", "array": part["std"], "visible": True})
+    fig.update_layout(title="KL estimators against the exact KL(π‖π_ref)", xaxis_title="exact KL",
+                      yaxis_title="estimate per token", height=380)
+    return fig
+
+
+def clip_objective(epsilon_low: float = 0.2, epsilon_high: float = 0.2, advantage: float = 1.0) -> go.Figure:
+    """The clipped surrogate min(r A, clip(r, 1-eps_low, 1+eps_high) A) against the ratio r,
+    for A > 0 and A < 0. Where the curve is flat the gradient is zero: that token is clipped."""
+    import numpy as np
+
+    r = np.linspace(0.0, 2.0, 401)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"A = +{abs(advantage):g}", f"A = -{abs(advantage):g}"))
+    for col, a in ((1, abs(advantage)), (2, -abs(advantage))):
+        surrogate = np.minimum(r * a, np.clip(r, 1 - epsilon_low, 1 + epsilon_high) * a)
+        flat = (a > 0) & (r > 1 + epsilon_high) | (a < 0) & (r < 1 - epsilon_low)
+        fig.add_scatter(x=r, y=r * a, name="r·A (unclipped)", line={"dash": "dot", "color": "grey"},
+                        showlegend=col == 1, row=1, col=col)
+        fig.add_scatter(x=r, y=surrogate, name="min(r·A, clip(r)·A)", line={"color": "#1565c0", "width": 3},
+                        showlegend=col == 1, row=1, col=col)
+        fig.add_scatter(x=r[flat], y=surrogate[flat], name="clipped: zero gradient", mode="markers",
+                        marker={"color": "#c62828", "size": 3}, showlegend=col == 1, row=1, col=col)
+        fig.add_vline(x=1.0, line_color="black", line_width=1, row=1, col=col)
+    fig.update_xaxes(title_text="ratio r = π/π_old")
+    fig.update_layout(title=f"The clip region (ε_low = {epsilon_low}, ε_high = {epsilon_high})", height=360)
+    return fig
+
+
+def token_weights(lengths: list[int], max_completion_length: int) -> go.Figure:
+    """The weight each token of each completion gets in the loss, per aggregation:
+    grpo 1/(B |o_i|), dapo (= bnpo on one batch) 1/sum|o_j|, dr_grpo 1/(B L_max)."""
+    batch, total = len(lengths), sum(lengths)
+    weights = {"grpo": [1 / (batch * n) for n in lengths], "dapo / bnpo": [1 / total] * batch,
+               "dr_grpo": [1 / (batch * max_completion_length)] * batch}
+    fig = go.Figure()
+    for name, w in weights.items():
+        fig.add_bar(x=[f"|o|={n}" for n in lengths], y=w, name=name)
+    fig.update_layout(barmode="group", title="Weight of one token, by completion length",
+                      yaxis_title="weight per token", height=340)
     return fig

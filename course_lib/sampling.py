@@ -99,8 +99,11 @@ def _sample_batch(model, tokenizer, rows: list[str], device, temperature: float,
     out = model.generate(
         **enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
         temperature=None if greedy else temperature, top_p=None if greedy else top_p,
-        top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        top_k=0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         return_dict_in_generate=True, output_logits=True,
+        # A static KV cache is preallocated once; the default dynamic one concatenates at
+        # every step, which costs a third of the sampling time on a CPU. Same samples.
+        cache_implementation="static",
     )
     gen = out.sequences[:, enc["input_ids"].shape[1]:]                      # (B, T_b)
     logits = torch.stack(out.logits, dim=1).float()                         # (B, T_b, V)

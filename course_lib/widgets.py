@@ -181,3 +181,25 @@ def advantage_explorer(max_group_size: int = 16):
     redraw()
     grid = w.GridBox(sliders, layout=w.Layout(grid_template_columns="repeat(4, 270px)"))
     return w.VBox([w.HBox([size, rest]), scale, w.HBox([unbiased, eps]), grid, figure])
+
+
+def clip_explorer():
+    """Sliders for eps_low and eps_high (clip-higher) over the clipped-surrogate plot."""
+    import ipywidgets as w
+
+    from course_lib.plots import clip_objective
+
+    low = w.FloatSlider(0.2, min=0.0, max=0.5, step=0.01, description="ε_low", continuous_update=False)
+    high = w.FloatSlider(0.2, min=0.0, max=0.5, step=0.01, description="ε_high", continuous_update=False)
+    figure = go.FigureWidget(clip_objective(low.value, high.value))
+
+    def redraw(_=None):
+        new = clip_objective(low.value, high.value)
+        with figure.batch_update():
+            for trace, fresh in zip(figure.data, new.data):
+                trace.x, trace.y = fresh.x, fresh.y
+            figure.layout.title = new.layout.title
+
+    for control in (low, high):
+        control.observe(redraw, "value")
+    return w.VBox([w.HBox([low, high]), figure])

@@ -5,7 +5,7 @@ from course_lib.data.gsm8k import (GSM8KFormatError, gsm8k_stats, load_gsm8k, re
                                    solution_steps, strip_annotations)
 
 __all__ = ["facts", "pocket_math", "GSM8KFormatError", "gsm8k_stats", "load_gsm8k",
-           "read_jsonl", "solution_steps", "strip_annotations", "eval_problems"]
+           "read_jsonl", "solution_steps", "strip_annotations", "eval_problems", "train_problems"]
 
 
 def eval_problems(profile, n: int | None = None, data_dir=None) -> list[dict]:
@@ -18,5 +18,17 @@ def eval_problems(profile, n: int | None = None, data_dir=None) -> list[dict]:
         return pocket_math.pocket_test_set(n)
     if profile.dataset == "gsm8k":
         return load_gsm8k("test", data_dir)[:n]
+    raise ValueError(f"profile {profile.name!r} names an unknown dataset {profile.dataset!r}; "
+                     "use 'pocket_math' or 'gsm8k'")
+
+
+def train_problems(profile, n: int, seed: int = 0, min_steps: int = 1, max_steps: int = 5,
+                   data_dir=None) -> list[dict]:
+    """``n`` training problems for a profile: fresh pocket-math problems (``min_steps`` to
+    ``max_steps`` steps: the difficulty knob), or the first n of GSM8K train."""
+    if profile.dataset == "pocket_math":
+        return pocket_math.generate(n, "train", seed=seed, min_steps=min_steps, max_steps=max_steps)
+    if profile.dataset == "gsm8k":
+        return load_gsm8k("train", data_dir)[:n]
     raise ValueError(f"profile {profile.name!r} names an unknown dataset {profile.dataset!r}; "
                      "use 'pocket_math' or 'gsm8k'")

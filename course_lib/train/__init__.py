@@ -1,0 +1,1 @@
+"""Training: GRPO from scratch (``grpo``) and the TRL/PEFT recipes (``recipes``)."""

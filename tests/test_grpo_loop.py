@@ -1,0 +1,127 @@
+"""course_lib.train.grpo: the from-scratch GRPO loop on the pocket model (tiny settings)."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from course_lib.config import get_profile
+from course_lib.data import train_problems
+from course_lib.losses import samples_logprobs
+from course_lib.models import load_pocket_model
+from course_lib.plots import LiveCurves
+from course_lib.train.grpo import GRPOLoop, GRPOSettings
+
+TIMING = {"seconds", "samples_per_s"}
+TINY = dict(prompts_per_step=3, group_size=4, max_new_tokens=48, learning_rate=1e-3)
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return train_problems(get_profile(), 40, min_steps=1, max_steps=2)
+
+
+def fresh_loop(problems, **settings) -> GRPOLoop:
+    model, tokenizer = load_pocket_model()
+    return GRPOLoop(model, tokenizer, problems, GRPOSettings(**{**TINY, **settings}))
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+def test_steps_log_every_metric_and_feed_the_callbacks(problems):
+    loop = fresh_loop(problems, steps=2)
+    curves = LiveCurves(("reward", "accuracy", "entropy"))
+    table = loop.train(callbacks=[curves], progress=False)
+    assert list(table["step"]) == [1, 2]
+    for key in ("reward", "reward_std", "accuracy", "advantage_mean", "advantage_std", "frac_zero_std",
+                "completion_length", "entropy", "clip_ratio/low", "clip_ratio/high", "clip_ratio/region",
+                "loss", "grad_norm", "samples_per_s"):
+        assert key in table and table[key].map(math.isfinite).all(), key
+    assert (table["clip_ratio/region"] == 0).all()            # mu = 1: pi = pi_old, nothing clips
+    assert curves.values("accuracy") == list(table["accuracy"])
+
+
+def test_one_update_raises_the_logprob_of_the_better_completions(problems):
+    """The first-order promise of the policy gradient: after one small step,
+    sum_i A_i log pi(y_i) over the batch just trained on goes up."""
+    loop = fresh_loop(problems, learning_rate=1e-4)
+    for _ in range(10):                                         # find a batch with signal
+        before = copy.deepcopy(loop.policy)
+        loop.train_step()
+        samples, advantages = loop.last_batch
+        if advantages.abs().sum() > 0:
+            break
+    else:
+        pytest.fail("ten batches without a single mixed group")
+
+    def objective(model) -> float:
+        with torch.no_grad():
+            return float((samples_logprobs(model, loop.tokenizer, samples).sum(1) * advantages).sum())
+
+    assert objective(loop.policy) > objective(before)
+
+
+def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(problems, tmp_path):
+    settings = dict(num_iterations=2, beta=0.04)              # exercise pi_old, pi_ref and Adam state
+    straight = fresh_loop(problems, **settings)
+    straight.train(steps=4, progress=False)
+
+    first = fresh_loop(problems, **settings)
+    first.train(steps=2, checkpoint_every=2, checkpoint_path=tmp_path / "grpo.pt", progress=False)
+    resumed = fresh_loop(problems, **settings).load(tmp_path / "grpo.pt")
+    assert resumed.step == 2
+    resumed.train(steps=4, progress=False)
+
+    assert without_timing(resumed.history) == without_timing(straight.history)
+    for a, b in zip(resumed.policy.parameters(), straight.policy.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_resume_refuses_other_settings(problems, tmp_path):
+    loop = fresh_loop(problems)
+    loop.save(tmp_path / "grpo.pt")
+    with pytest.raises(ValueError, match="learning_rate"):
+        fresh_loop(problems, learning_rate=0.5).load(tmp_path / "grpo.pt")
+    with pytest.raises(FileNotFoundError, match="No GRPO checkpoint"):
+        loop.load(tmp_path / "missing.pt")
+
+
+def test_kl_to_the_reference_starts_at_zero_and_mu_2_clips(problems):
+    loop = fresh_loop(problems, beta=0.04, num_iterations=2, learning_rate=3e-3)
+    table = loop.train(steps=3, progress=False)
+    assert table["kl"].iloc[0] < 1e-3                          # pi_ref is the starting policy
+    assert table["kl"].iloc[-1] > table["kl"].iloc[0]
+    assert table["clip_ratio/region"].max() > 0                # the second inner step moved pi off pi_old
+
+
+def test_zero_variance_groups_can_be_dropped(problems):
+    loop = fresh_loop(problems, filter_zero_variance=True, steps=3)
+    table = loop.train(progress=False)
+    expected = (1 - table["frac_zero_std"]) * TINY["prompts_per_step"] * TINY["group_size"]
+    assert (table["rows_trained"] == expected.round().astype(int)).all()
+
+
+def test_a_non_finite_loss_stops_with_a_clear_message_and_no_update(problems):
+    loop = fresh_loop(problems)
+    weights = [p.detach().clone() for p in loop.policy.parameters()]
+
+    def blow_up(module, args, output):               # only in training mode: sampling still works
+        return output * float("nan") if module.training else output
+
+    loop.policy.model.norm.register_forward_hook(blow_up)
+    with pytest.raises(FloatingPointError, match="Lower the learning rate"):
+        for _ in range(10):
+            loop.train_step()
+    assert all(torch.equal(a, b) for a, b in zip(loop.policy.parameters(), weights))
+
+
+def test_bad_settings_are_clear_errors(problems):
+    with pytest.raises(ValueError, match="loss_type"):
+        GRPOSettings(loss_type="ppo")
+    with pytest.raises(ValueError, match="group_size"):
+        GRPOSettings(group_size=1)
+    with pytest.raises(ValueError, match="prompts_per_step"):
+        fresh_loop(problems[:2])

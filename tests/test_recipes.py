@@ -1,0 +1,75 @@
+"""course_lib.train.recipes and models.load_policy: TRL's GRPOTrainer + LoRA on the CPU track."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from course_lib.config import get_profile
+from course_lib.data import train_problems
+from course_lib.models import load_policy, policy_backend
+from course_lib.rewards import RewardConfig
+from course_lib.train.grpo import GRPOSettings
+from course_lib.train.recipes import grpo_config, grpo_trainer, live_curves_callback, lora_config
+
+SETTINGS = GRPOSettings(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=32, learning_rate=1e-3)
+
+
+def test_grpo_config_carries_the_settings_and_the_cpu_facts(tmp_path):
+    args = grpo_config(get_profile("pocket"), tmp_path, SETTINGS)
+    assert args.per_device_train_batch_size == 8 and args.num_generations == 4   # completions, not prompts
+    assert args.use_cpu and not args.bf16 and not args.gradient_checkpointing
+    assert args.learning_rate == 1e-3 and args.max_completion_length == 32
+    assert args.loss_type == "dapo" and args.beta == 0.0 and args.epsilon == args.epsilon_high == 0.2
+    assert args.lr_scheduler_type == "constant"
+
+
+def test_lora_config_is_seed_002s():
+    config = lora_config()
+    assert (config.r, config.lora_alpha, config.lora_dropout) == (16, 32, 0.05)
+    assert set(config.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def test_load_policy_falls_back_to_transformers_and_peft_without_cuda(capsys):
+    model, _ = load_policy(get_profile("pocket"), lora=lora_config())
+    assert "via transformers" in capsys.readouterr().out
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_the_backend_is_chosen_by_cuda_not_by_import(monkeypatch):
+    gpu = get_profile("gpu", fast=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert policy_backend(gpu) == "transformers"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert policy_backend(gpu) == "unsloth"
+    assert policy_backend(get_profile("pocket")) == "transformers"   # the profile does not ask for it
+
+
+def test_trl_grpo_with_lora_trains_only_the_adapters_and_streams_our_metric_names(tmp_path):
+    profile = get_profile("pocket")
+    model, tokenizer = load_policy(profile, lora=lora_config())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = []
+    callback = live_curves_callback(rows.append)
+    # a hot sampler and a length penalty: rewards that differ inside the groups, so there is a gradient
+    spread = dataclasses.replace(SETTINGS, temperature=2.0, max_new_tokens=48,
+                                 reward=RewardConfig(length_weight=1.0, max_length=48, length_buffer=40))
+    trainer = grpo_trainer(profile, model, tokenizer, train_problems(profile, 8, max_steps=2), tmp_path,
+                           spread, callbacks=[callback], disable_tqdm=True)
+    trainer.train()
+    assert [r["step"] for r in rows] == [1, 2] and rows == callback.history
+    for key in ("reward", "accuracy", "entropy", "completion_length", "frac_zero_std", "loss"):
+        assert key in rows[0], key
+    assert 0 <= rows[0]["accuracy"] <= 1 and min(r["frac_zero_std"] for r in rows) < 1
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+
+
+@pytest.mark.parametrize("steps", [1])
+def test_the_benchmark_runs_both_trainers(steps, capsys):
+    from course_lib.bench import main
+
+    result = main(["grpo", "--steps", str(steps), "--prompts", "2", "--group", "2", "--max-new-tokens", "16"])
+    assert result["ours_samples_per_s"] > 0 and result["trl_samples_per_s"] > 0
+    assert "ratio (ours / TRL)" in capsys.readouterr().out
