@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install lab test test-quick lesson pocket-model clean
+.PHONY: install lab test test-quick lesson bench pocket-model clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test-quick: install
 # Run one lesson headless, in full mode: make lesson NB=notebooks/01_gsm8k_and_the_pocket_model.ipynb
 lesson: install
 	$(BIN)/jupyter execute --inplace $(NB)
+
+# Our GRPO loop vs TRL's GRPOTrainer, same settings, completions per second (a benchmark, not a test).
+bench: install
+	$(BIN)/python -m course_lib.bench grpo
 
 # Train the shipped pocket model again from its seed (about 40 minutes on 2 cores).
 pocket-model: install

@@ -122,3 +122,37 @@ def test_component_shares():
     table = pd.DataFrame({"correct": [True, True, False], "a": [1, 0, 1], "b": [1, 1, 0]})
     fig = plots.component_shares(table, ("a", "b"))
     assert [list(t.y) for t in fig.data] == [[1.0, 0.0], [0.5, 1.0]]
+
+
+def test_clip_objective_is_flat_exactly_on_the_profitable_side():
+    fig = plots.clip_objective(0.2, 0.28)
+    for col, trace_offset in ((1, 0), (2, 3)):
+        r, surrogate = fig.data[trace_offset + 1].x, fig.data[trace_offset + 1].y
+        flat_r = fig.data[trace_offset + 2].x
+        if col == 1:     # A > 0: flat above 1 + eps_high only
+            assert min(flat_r) > 1.28 and surrogate[-1] == pytest.approx(1.28)
+        else:            # A < 0: flat below 1 - eps_low only; the unclipped side keeps falling
+            assert max(flat_r) < 0.8 and surrogate[-1] == pytest.approx(-2.0)
+
+
+def test_token_weights_by_aggregation():
+    fig = plots.token_weights([10, 30], max_completion_length=50)
+    grpo, dapo, dr = (list(t.y) for t in fig.data)
+    assert grpo == pytest.approx([1 / 20, 1 / 60]) and dapo == pytest.approx([1 / 40, 1 / 40])
+    assert dr == pytest.approx([1 / 100, 1 / 100])
+
+
+def test_live_curves_and_clip_explorer():
+    curves = plots.LiveCurves(("reward", "kl", "loss", "entropy"), cols=3)
+    curves({"step": 1, "reward": 0.5, "loss": 0.1})
+    curves({"step": 2, "reward": 0.7, "kl": 0.01})
+    assert curves.values("reward") == [0.5, 0.7] and curves.values("kl") == [0.01]
+    assert curves.figure.layout.height > 320                          # 4 keys at 3 per row: two rows
+
+    from course_lib.widgets import clip_explorer
+
+    box = clip_explorer()
+    (low, high), figure = box.children[0].children, box.children[1]
+    high.value = 0.4
+    assert "ε_high = 0.4" in figure.layout.title.text
+    assert min(figure.data[2].x) > 1.4
