@@ -97,7 +97,7 @@ class GRPOLoop:
         self.step = 0
         self.history: list[dict] = []
         self.last_batch = None          # (Samples, advantages (N,)) of the latest step
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(settings.seed)  # the only global randomness in a step: LoRA dropout
 
     # ------------------------------------------------------------------ data
     def batch_problems(self, step: int) -> list[dict]:
