@@ -53,10 +53,15 @@ def load_model(profile):
     except OSError as e:
         raise OSError(f"Could not load {profile.model_name!r} ({e}). On a machine with network, "
                       "unset HF_HUB_OFFLINE so it downloads once; offline, use the 'pocket' profile.") from e
+    _pad_left(tokenizer)
+    return model.to(device).eval(), tokenizer
+
+
+def _pad_left(tokenizer) -> None:
+    """Left padding (what batched generation needs), with EOS as the pad token if none is set."""
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device).eval(), tokenizer
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -93,9 +98,7 @@ def load_policy(profile, lora=None, max_seq_length: int = 1024, seed: int = 0):
                 model, r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
                 target_modules=sorted(lora.target_modules), bias="none",
                 use_gradient_checkpointing="unsloth", random_state=seed)
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        _pad_left(tokenizer)
     else:
         model, tokenizer = load_model(profile)
         if lora is not None:
