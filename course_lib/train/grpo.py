@@ -103,11 +103,13 @@ class GRPOLoop:
     def batch_problems(self, step: int) -> list[dict]:
         """The P problems of ``step``: a fresh seeded shuffle of the problems every epoch."""
         n, p = len(self.problems), self.settings.prompts_per_step
+        orders: dict[int, list[int]] = {}          # a step can span the end of an epoch
         out = []
         for g in range(step * p, (step + 1) * p):
-            order = list(range(n))
-            random.Random(f"{self.settings.seed}/{g // n}").shuffle(order)
-            out.append(self.problems[order[g % n]])
+            if g // n not in orders:
+                orders[g // n] = list(range(n))
+                random.Random(f"{self.settings.seed}/{g // n}").shuffle(orders[g // n])
+            out.append(self.problems[orders[g // n][g % n]])
         return out
 
     # ------------------------------------------------------------------ one step
@@ -163,11 +165,13 @@ class GRPOLoop:
         model.train(was_training)
         return out
 
-    def _logprobs(self, model, inputs: dict, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logps, entropy), each (n, T), of the rows ``rows`` under ``model``."""
+    def _logprobs(self, model, inputs: dict, rows: slice,
+                  entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logps, entropy or None), each (n, T), of the rows ``rows`` under ``model``."""
         part = {k: v[rows] for k, v in inputs.items()}
         logits = completion_logits(model, **part, temperature=self.settings.temperature)
-        return token_logprobs(logits, part["completion_ids"]), token_entropy(logits.detach())
+        logps = token_logprobs(logits, part["completion_ids"])
+        return logps, token_entropy(logits.detach()) if entropy else None
 
     def _update(self, inputs: dict, advantages: torch.Tensor) -> dict:
         """mu optimizer steps on one sampled batch; returns the loss metrics (mean over steps)."""
@@ -187,7 +191,7 @@ class GRPOLoop:
             self.optimizer.zero_grad(set_to_none=True)
             metrics: dict[str, float] = {}
             for rows in self._micro_batches(n_rows):
-                logps, entropy = self._logprobs(self.policy, inputs, rows)
+                logps, entropy = self._logprobs(self.policy, inputs, rows, entropy=True)
                 out = grpo_loss(logps, None if old is None else old[rows], advantages[rows], mask[rows],
                                 ref_logps=None if ref is None else ref[rows], beta=s.beta,
                                 epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high,
