@@ -58,12 +58,3 @@ def test_kl_estimator_table_k3_unbiased_and_non_negative_k2_biased():
     assert abs(far.loc["k3", "bias"]) < 0.1 * far.loc["k3", "exact_kl"]
     assert far.loc["k2", "bias"] > 0.2 * far.loc["k2", "exact_kl"]
     assert far.loc["k1", "share_negative"] > 0 and far.loc["k3", "share_negative"] == 0
-
-
-def test_kl_gradient_table_the_ratio_turns_forward_into_reverse():
-    from course_lib.analysis import kl_gradient_table
-
-    table = kl_gradient_table()
-    assert table.iloc[0]["|diff| to ∇forward KL(ref‖π)"] < 1e-6
-    assert table.iloc[1]["|diff| to ∇reverse KL(π‖ref)"] < 1e-6
-    assert table.iloc[0]["|diff| to ∇reverse KL(π‖ref)"] > 1e-3
