@@ -142,6 +142,24 @@ def evaluate(model, tokenizer, problems: list[dict], k: int = 8, *, n: int | Non
     return EvalResult(summarize(per_problem, k, seed), per_problem, completions, k)
 
 
+def evaluate_profile(model, tokenizer, problems: list[dict], profile, seed: int = 0,
+                     progress: bool = True) -> EvalResult:
+    """:func:`evaluate` with the profile's k, temperature, token budget, batch size and system
+    prompt: the one evaluation every before/after table of the course runs, so that tables of
+    different lessons compare like with like."""
+    return evaluate(model, tokenizer, problems, k=profile.eval_k, temperature=profile.temperature,
+                    max_new_tokens=profile.max_new_tokens, batch_size=profile.sample_batch_size, seed=seed,
+                    system_prompt=profile.system_prompt, progress=progress)
+
+
+def before_after(before: EvalResult, after: EvalResult) -> pd.DataFrame:
+    """One row per metric: ``before``, ``after`` with its 95% interval, and the change in points."""
+    table = before.summary[["value"]].rename(columns={"value": "before"}).join(
+        after.summary[["value", "ci_low", "ci_high"]].rename(columns={"value": "after"}))
+    table["change (points)"] = 100 * (table["after"] - table["before"])
+    return table
+
+
 def facts_probe(model, tokenizer, probe: list[dict]) -> dict[str, float]:
     """Score the held-out facts probe as multiple choice by log-likelihood.
 

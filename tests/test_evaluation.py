@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from course_lib.evaluation import (bootstrap_ci, consistency_at_k, evaluate, facts_probe,
+from course_lib.evaluation import (before_after, bootstrap_ci, consistency_at_k, evaluate, evaluate_profile,
+                                   facts_probe,
                                    maj_at_k, majority_answer, pass_at_k, score_problems,
                                    summarize, wilson_interval)
 
@@ -81,6 +82,28 @@ def test_evaluate_pocket_model(pocket):
     assert result.value("pass@4") >= result.value("per_sample_accuracy")
     # one-step problems are easy for the pocket model
     assert result.value("per_sample_accuracy") > 0.3
+
+
+def test_evaluate_profile_uses_every_setting_of_the_profile(pocket):
+    import dataclasses
+
+    from course_lib.config import get_profile
+    from course_lib.data import pocket_math
+
+    model, tok = pocket
+    problems = pocket_math.pocket_test_set(4, min_steps=1, max_steps=2)
+    profile = dataclasses.replace(get_profile("pocket"), eval_k=3, temperature=0.7, max_new_tokens=60,
+                                  sample_batch_size=5, system_prompt=None)
+    ours = evaluate_profile(model, tok, problems, profile, seed=2, progress=False)
+    direct = evaluate(model, tok, problems, k=3, temperature=0.7, max_new_tokens=60, batch_size=5, seed=2,
+                      system_prompt=None, progress=False)
+    assert ours.completions == direct.completions and ours.summary.equals(direct.summary)
+
+    table = before_after(direct, ours)
+    assert list(table.columns) == ["before", "after", "ci_low", "ci_high", "change (points)"]
+    assert (table["change (points)"] == 0).all()
+    shifted = dataclasses.replace(ours, summary=ours.summary.assign(value=ours.summary["value"] + 0.1))
+    assert before_after(direct, shifted).loc["pass@3", "change (points)"] == pytest.approx(10.0)
 
 
 def test_facts_probe_beats_chance(pocket):
