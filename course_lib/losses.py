@@ -15,6 +15,11 @@ The GRPO loss (lesson 04) for completion i, token t, with advantage A_i:
 
 then aggregated over tokens and completions (``LOSS_TYPES``). The same formulas as TRL's
 ``GRPOTrainer._compute_loss``; ``tests/test_losses.py`` checks that they agree to 1e-6.
+
+The preference losses of lesson 08 work on pairs (chosen y_w, rejected y_l) of one prompt:
+ORPO (SFT on y_w plus -log sigmoid of the log-odds ratio, no reference model) and DPO
+(-log sigmoid(beta * the log-ratio margin against pi_ref)). ``tests/test_preference_losses.py``
+checks them against TRL's ``ORPOTrainer`` and ``DPOTrainer``.
 """
 
 from __future__ import annotations
@@ -235,3 +240,131 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, advantages: t
         if entropy is not None:
             metrics["entropy"] = float(masked_mean(entropy, mask_f))
     return GRPOLoss(loss, per_token_loss, metrics)
+
+
+# --------------------------------------------------------------------------- preference losses
+# Lesson 08. A preference pair is one prompt x with a chosen completion y_w (here: a correct
+# sample) and a rejected one y_l (a wrong sample of the same prompt). Both losses below take
+# per-token log-probs of whole sequences, (B, L-1) from :func:`sequence_logprobs`, and masks
+# of the same shape that pick the completion's tokens, so the caller decides what counts.
+
+def encode_sequences(tokenizer, prompts: list[str], completions: list[str], device="cpu") -> dict[str, torch.Tensor]:
+    """prompt + completion + EOS as one right-padded row each: ``input_ids``, ``attention_mask``
+    and ``completion_mask`` (1 on the completion's tokens and its EOS), all (B, L).
+
+    The prompt and the completion are tokenized separately and concatenated, so the
+    completion starts exactly where the prompt ends (the same ids TRL's trainers build for
+    prompts that end on a token boundary, as the course's chat template does).
+    """
+    rows, marks = [], []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if not c or c[-1] != tokenizer.eos_token_id:
+            c = c + [tokenizer.eos_token_id]
+        rows.append(p + c)
+        marks.append([0] * len(p) + [1] * len(c))
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    completion_mask = torch.tensor([m + [0] * (width - len(m)) for m in marks])
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
+            "completion_mask": completion_mask.to(device)}
+
+
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """log pi(x_t | x_<t) for every token after the first: (B, L) ids -> (B, L-1) log-probs.
+
+    Column j is the log-prob of token j+1, so a (B, L) token mask ``m`` lines up as ``m[:, 1:]``.
+    Rows must be right-padded (positions 0, 1, 2, ... are then the true positions).
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    return token_logprobs(logits[:, :-1], input_ids[:, 1:])
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, without cancellation: log1p(-e^x) far from 0, log(-expm1(x)) near it."""
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def log_odds(mean_logp: torch.Tensor) -> torch.Tensor:
+    """log odds(y | x) = log p - log(1 - p) with log p the *mean* per-token log-prob: (B,) -> (B,)."""
+    return mean_logp - log1mexp(mean_logp)
+
+
+@dataclass
+class PreferenceLoss:
+    loss: torch.Tensor               # scalar, differentiable
+    per_pair_loss: torch.Tensor      # (B,) the preference term of each pair
+    metrics: dict[str, float]
+
+
+def _per_sequence(logps: torch.Tensor, mask: torch.Tensor, mean: bool) -> torch.Tensor:
+    """Sum (or mean) of per-token log-probs over the mask: (B, T) -> (B,)."""
+    total = (logps * mask).sum(dim=1)
+    return total / mask.sum(dim=1).clamp(min=1) if mean else total
+
+
+def orpo_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_logps: torch.Tensor,
+              rejected_mask: torch.Tensor, beta: float = 0.1, nll_mask: torch.Tensor | None = None) -> PreferenceLoss:
+    """ORPO (Hong et al. 2024): supervised fine-tuning plus an odds-ratio penalty, no reference model.
+
+    Shapes: ``chosen_logps``/``rejected_logps`` (B, T) per-token log-probs (e.g. from
+    :func:`sequence_logprobs`); the masks (B, T) pick the completion's tokens. With
+    l_w, l_l the *mean* per-token log-probs of the chosen and rejected completions:
+
+        log odds(y)  = l - log(1 - exp(l))                           (odds = p / (1 - p), p = e^l)
+        L_OR         = -log sigmoid(log odds(y_w) - log odds(y_l))   per pair
+        L_SFT        = -sum_t m_t log pi(y_w,t) / sum_t m_t          token mean over the batch
+        L            = L_SFT + beta * mean_pairs(L_OR)
+
+    ``nll_mask`` (B, T) says which chosen tokens L_SFT covers; by default the completion's
+    (the paper's definition). TRL's ORPOTrainer, like the ORPO authors' code, also counts the
+    prompt's tokens (trl#1516, kept in trl#2527): pass the shifted attention mask for that.
+    TRL's ``beta`` is this ``beta`` (the paper's lambda). Metrics follow TRL's names.
+    """
+    nll_mask = chosen_mask if nll_mask is None else nll_mask
+    mean_chosen = _per_sequence(chosen_logps.float(), chosen_mask, mean=True)        # l_w (B,)
+    mean_rejected = _per_sequence(rejected_logps.float(), rejected_mask, mean=True)  # l_l (B,)
+    log_odds_ratio = log_odds(mean_chosen) - log_odds(mean_rejected)                  # (B,)
+    per_pair = -torch.nn.functional.logsigmoid(log_odds_ratio)                        # L_OR (B,)
+    nll = -masked_mean(chosen_logps.float(), nll_mask.float())                        # L_SFT
+    loss = nll + beta * per_pair.mean()
+    with torch.no_grad():
+        metrics = {"loss": float(loss), "nll_loss": float(nll), "or_loss": float(per_pair.mean()),
+                   "log_odds_ratio": float(-per_pair.mean()), "log_odds_chosen": float(log_odds_ratio.mean()),
+                   "logps/chosen": float(mean_chosen.mean()), "logps/rejected": float(mean_rejected.mean()),
+                   "rewards/accuracies": float((mean_chosen > mean_rejected).float().mean())}
+    return PreferenceLoss(loss, per_pair, metrics)
+
+
+def dpo_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_logps: torch.Tensor,
+             rejected_mask: torch.Tensor, ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
+             beta: float = 0.1) -> PreferenceLoss:
+    """DPO (Rafailov et al. 2023), the sigmoid loss, for comparison with ORPO.
+
+    Shapes as :func:`orpo_loss`; ``ref_*`` (B, T) are the same tokens' log-probs under the
+    frozen reference model. With s = sum_t m_t log pi(y_t) summed over the completion:
+
+        h    = (s_w - s_w_ref) - (s_l - s_l_ref)       how much more pi prefers y_w than pi_ref does
+        L    = mean_pairs(-log sigmoid(beta * h))
+
+    The implicit rewards ``beta (s - s_ref)`` are the metrics ``rewards/chosen`` and
+    ``rewards/rejected``. DPO needs pi_ref and sums (not averages) log-probs; ORPO needs
+    neither a reference nor an SFT stage before it.
+    """
+    chosen = _per_sequence(chosen_logps.float(), chosen_mask, mean=False)
+    rejected = _per_sequence(rejected_logps.float(), rejected_mask, mean=False)
+    ref_chosen = _per_sequence(ref_chosen_logps.float(), chosen_mask, mean=False)
+    ref_rejected = _per_sequence(ref_rejected_logps.float(), rejected_mask, mean=False)
+    margin = (chosen - ref_chosen) - (rejected - ref_rejected)                       # h (B,)
+    per_pair = -torch.nn.functional.logsigmoid(beta * margin)
+    loss = per_pair.mean()
+    with torch.no_grad():
+        reward_chosen, reward_rejected = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
+        metrics = {"loss": float(loss), "rewards/chosen": float(reward_chosen.mean()),
+                   "rewards/rejected": float(reward_rejected.mean()),
+                   "rewards/margins": float((reward_chosen - reward_rejected).mean()),
+                   "rewards/accuracies": float((reward_chosen > reward_rejected).float().mean())}
+    return PreferenceLoss(loss, per_pair, metrics)
