@@ -34,6 +34,7 @@ class Profile:
     n_eval_problems: int            # test problems in a before/after table
     sample_batch_size: int          # sequences per generate() call
     torch_threads: int              # CPU threads for torch (0: leave torch's default)
+    teacher_model: str | None = None  # a stronger model to distil from (lesson 07)
 
     def fast(self) -> "Profile":
         """The same profile with counts shrunk for the test suite (``COURSE_FAST=1``)."""
@@ -47,13 +48,13 @@ PROFILES: dict[str, Profile] = {
         name="pocket", model_name="pocket", dataset="pocket_math", device="cpu",
         dtype="float32", system_prompt=None, use_unsloth=False, max_new_tokens=200,
         temperature=1.0, eval_k=8, n_eval_problems=200, sample_batch_size=64,
-        torch_threads=2,
+        torch_threads=2, teacher_model="pocket_teacher",
     ),
     "gpu": Profile(
         name="gpu", model_name="Qwen/Qwen2.5-0.5B-Instruct", dataset="gsm8k", device="cuda",
         dtype="bfloat16", system_prompt=GSM8K_SYSTEM_PROMPT, use_unsloth=True,
         max_new_tokens=512, temperature=1.0, eval_k=8, n_eval_problems=1319,
-        sample_batch_size=256, torch_threads=0,
+        sample_batch_size=256, torch_threads=0, teacher_model="Qwen/Qwen2.5-1.5B-Instruct",
     ),
 }
 

@@ -57,6 +57,19 @@ def load_model(profile):
     return model.to(device).eval(), tokenizer
 
 
+def load_teacher(profile):
+    """The profile's teacher for distillation (lesson 07): the pocket teacher (the same
+    architecture trained 3x longer, data/pocket_teacher), or a larger hub model of the same
+    family on the GPU profile. Returns ``(model, tokenizer)`` in eval mode, for sampling only."""
+    import dataclasses
+
+    if profile.teacher_model is None:
+        raise ValueError(f"profile {profile.name!r} names no teacher_model to distil from")
+    if profile.teacher_model == "pocket_teacher":
+        return load_pocket_model(POCKET_TEACHER_DIR, device=profile.device)
+    return load_model(dataclasses.replace(profile, model_name=profile.teacher_model))
+
+
 def _pad_left(tokenizer) -> None:
     """Left padding (what batched generation needs), with EOS as the pad token if none is set."""
     tokenizer.padding_side = "left"
