@@ -73,3 +73,95 @@ def test_the_benchmark_runs_both_trainers(steps, capsys):
     result = main(["grpo", "--steps", str(steps), "--prompts", "2", "--group", "2", "--max-new-tokens", "16"])
     assert result["ours_samples_per_s"] > 0 and result["trl_samples_per_s"] > 0
     assert "ratio (ours / TRL)" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------- SFT and ORPO (lessons 07-08)
+def test_sft_config_trains_on_completions_at_a_constant_rate(tmp_path):
+    from course_lib.train.recipes import rs_recipe, sft_config
+
+    settings, lora = rs_recipe(get_profile("pocket"))
+    args = sft_config(get_profile("pocket"), tmp_path, settings)
+    assert args.completion_only_loss and not args.packing
+    assert args.num_train_epochs == 1 and args.lr_scheduler_type == "constant"
+    assert args.learning_rate == settings.learning_rate and args.use_cpu and not args.bf16
+    gpu, gpu_lora = rs_recipe(get_profile("gpu", fast=False))
+    assert (gpu.k, gpu.questions_per_round, gpu.rounds, gpu.epochs) == (8, 7473, 1, 1)   # seed 000's setting
+    assert gpu_lora is not None and gpu.max_new_tokens == 512
+
+
+def test_the_sft_collator_ignores_the_prompt(tmp_path, pocket):
+    from course_lib.prompts import format_prompt
+    from course_lib.train.recipes import rs_recipe, sft_trainer
+
+    model, tokenizer = pocket
+    settings, _ = rs_recipe(get_profile("pocket"), fast=True)
+    prompt = format_prompt(tokenizer, "Ana has 3 apples and buys 4 more. How many apples does Ana have?")
+    trainer = sft_trainer(get_profile("pocket"), model, tokenizer, [{"prompt": prompt, "completion": "3+4 = 7\n#### 7"}],
+                          tmp_path, settings, progress=False)
+    batch = next(iter(trainer.get_train_dataloader()))
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    completion = tokenizer("3+4 = 7\n#### 7", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    labels = batch["labels"][0]
+    assert (labels[:n_prompt] == -100).all()
+    assert labels[n_prompt:n_prompt + len(completion)].tolist() == completion
+
+
+def test_no_rows_is_a_clear_error(tmp_path, pocket):
+    from course_lib.train.recipes import orpo_trainer, rs_recipe, sft_trainer
+
+    model, tokenizer = pocket
+    settings, _ = rs_recipe(get_profile("pocket"), fast=True)
+    with pytest.raises(ValueError, match="filter kept no sample"):
+        sft_trainer(get_profile("pocket"), model, tokenizer, [], tmp_path, settings)
+    with pytest.raises(ValueError, match="no preference pairs"):
+        orpo_trainer(get_profile("pocket"), model, tokenizer, [], tmp_path)
+
+
+def test_trl_orpo_with_lora_trains_only_the_adapters_and_streams_our_metric_names(tmp_path):
+    from course_lib.models import load_pocket_model
+    from course_lib.prompts import format_prompt
+    from course_lib.train.recipes import ORPO_METRIC_NAMES, orpo_recipe, orpo_trainer
+
+    profile = get_profile("pocket")
+    model, tokenizer = load_pocket_model()
+    settings, lora = orpo_recipe(profile, fast=True)
+    settings = dataclasses.replace(settings, batch_size=2)
+    prompt = format_prompt(tokenizer, "Max has 10 pens and gives away 6. How many pens does Max have left?")
+    pairs = [{"prompt": prompt, "chosen": "10-6 = <<10-6=4>>4\n#### 4", "rejected": f"10+6 = <<10+6={n}>>{n}\n#### {n}"}
+             for n in (16, 15, 14, 13)]
+    rows = []
+    trainer = orpo_trainer(profile, model, tokenizer, pairs, tmp_path, settings, lora=lora,
+                           callbacks=[live_curves_callback(rows.append, names=ORPO_METRIC_NAMES)], progress=False)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    odds_before = log_odds_ratio(trainer.model, tokenizer, pairs)
+    trainer.train()
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ORPO_METRIC_NAMES.values():
+        assert key in rows[0], key
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert log_odds_ratio(trainer.model, tokenizer, pairs) > odds_before    # chosen pulled away from rejected
+
+
+@torch.no_grad()
+def log_odds_ratio(model, tokenizer, pairs) -> float:
+    """Mean log-odds ratio chosen/rejected of the pairs under ``model`` (via losses.orpo_loss)."""
+    from course_lib.losses import encode_sequences, orpo_loss, sequence_logprobs
+
+    prompts = [p["prompt"] for p in pairs]
+    sides = []
+    for side in ("chosen", "rejected"):
+        enc = encode_sequences(tokenizer, prompts, [p[side] for p in pairs])
+        sides += [sequence_logprobs(model, enc["input_ids"], enc["attention_mask"]),
+                  enc["completion_mask"][:, 1:].float()]
+    return orpo_loss(*sides).metrics["log_odds_chosen"]
+
+
+def test_load_teacher_is_the_stronger_pocket_model():
+    from course_lib.models import POCKET_TEACHER_DIR, load_pocket_model, load_teacher
+
+    teacher, _ = load_teacher(get_profile("pocket"))
+    shipped, _ = load_pocket_model(POCKET_TEACHER_DIR)
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), shipped.state_dict().values()))
+    with pytest.raises(ValueError, match="teacher_model"):
+        load_teacher(dataclasses.replace(get_profile("pocket"), teacher_model=None))
