@@ -204,3 +204,43 @@ def token_weights(lengths: list[int], max_completion_length: int) -> go.Figure:
     fig.update_layout(barmode="group", title="Weight of one token, by completion length",
                       yaxis_title="weight per token", height=340)
     return fig
+
+
+def yield_per_round(named_yields: dict) -> go.Figure:
+    """What the filter lets through, round by round: share of questions with >= 1 correct
+    sample and share of samples correct (left), samples kept for SFT (right). ``named_yields``
+    maps a run's name to the yield table of :func:`course_lib.train.rejection_sampling.expert_iteration`."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("share of questions / samples", "samples kept for SFT"))
+    for name, table in named_yields.items():
+        rounds = list(table.index)
+        fig.add_scatter(x=rounds, y=table["solved_share"], name=f"{name}: questions solved (≥1 of k)",
+                        mode="lines+markers", row=1, col=1)
+        fig.add_scatter(x=rounds, y=table["correct_share"], name=f"{name}: samples correct",
+                        mode="lines+markers", line={"dash": "dot"}, row=1, col=1)
+        fig.add_bar(x=rounds, y=table["kept"], name=f"{name}: kept", row=1, col=2)
+    fig.update_xaxes(title_text="round", dtick=1)
+    fig.update_yaxes(range=[0, 1], row=1, col=1)
+    fig.update_layout(title="Yield of rejection sampling per round", height=360, barmode="group")
+    return fig
+
+
+def odds_vs_probability(p_rejected: float = 0.5) -> go.Figure:
+    """Why ORPO works with odds: against the chosen completion's (mean per-token) probability
+    p_w, the log-probability ratio log(p_w / p_l) and the log-odds ratio
+    log(odds(p_w) / odds(p_l)), odds(p) = p / (1 - p), for a fixed rejected p_l (left); and the
+    ORPO term -log sigmoid(log-odds ratio) (right). The odds ratio keeps growing as p_w -> 1
+    while the probability ratio saturates at log(1 / p_l)."""
+    import numpy as np
+
+    p = np.linspace(0.01, 0.99, 197)
+    log_prob_ratio = np.log(p / p_rejected)
+    log_odds_ratio = np.log(p / (1 - p)) - np.log(p_rejected / (1 - p_rejected))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"ratios, p_l = {p_rejected:g}",
+                                                        "ORPO's penalty −log σ(log-odds ratio)"))
+    fig.add_scatter(x=p, y=log_prob_ratio, name="log(p_w / p_l)", row=1, col=1)
+    fig.add_scatter(x=p, y=log_odds_ratio, name="log(odds_w / odds_l)", row=1, col=1)
+    fig.add_scatter(x=p, y=np.log1p(np.exp(-log_odds_ratio)), name="L_OR", row=1, col=2)
+    fig.add_vline(x=p_rejected, line_dash="dot", line_color="grey")
+    fig.update_xaxes(title_text="p_w (chosen, mean per-token probability)")
+    fig.update_layout(title="Odds against probabilities", height=360)
+    return fig

@@ -203,3 +203,58 @@ def clip_explorer():
     for control in (low, high):
         control.observe(redraw, "value")
     return w.VBox([w.HBox([low, high]), figure])
+
+
+def orpo_pair_view(p_chosen: float, p_rejected: float, beta: float = 0.1) -> dict[str, float]:
+    """ORPO's odds-ratio term for one pair whose completions have mean per-token probabilities
+    ``p_chosen`` and ``p_rejected``, computed by :func:`course_lib.losses.orpo_loss` itself (SFT
+    term off), with its gradient with respect to each mean log-probability (descent direction:
+    minus it)."""
+    import torch
+
+    from course_lib.losses import orpo_loss
+
+    if not (0 < p_chosen < 1 and 0 < p_rejected < 1):
+        raise ValueError(f"probabilities must lie strictly between 0 and 1 (got {p_chosen}, {p_rejected})")
+    chosen = torch.tensor([[float(torch.log(torch.tensor(p_chosen, dtype=torch.float64)))]],
+                          dtype=torch.float64, requires_grad=True)
+    rejected = torch.tensor([[float(torch.log(torch.tensor(p_rejected, dtype=torch.float64)))]],
+                            dtype=torch.float64, requires_grad=True)
+    ones = torch.ones(1, 1, dtype=torch.float64)
+    out = orpo_loss(chosen, ones, rejected, ones, beta=beta, nll_mask=torch.zeros(1, 1, dtype=torch.float64))
+    out.loss.backward()
+    return {"odds_chosen": p_chosen / (1 - p_chosen), "odds_rejected": p_rejected / (1 - p_rejected),
+            "log_odds_ratio": out.metrics["log_odds_chosen"], "or_loss": float(out.per_pair_loss.detach()),
+            "beta_times_or_loss": float(out.loss.detach()), "grad_logp_chosen": float(chosen.grad),
+            "grad_logp_rejected": float(rejected.grad)}
+
+
+def odds_explorer():
+    """Sliders for p_chosen, p_rejected and beta: the odds-against-probabilities plot and the
+    ORPO term of that one pair, with the push it gives each completion."""
+    import ipywidgets as w
+
+    from course_lib.plots import odds_vs_probability
+
+    p_w = w.FloatSlider(0.6, min=0.01, max=0.99, step=0.01, description="p_chosen", continuous_update=False)
+    p_l = w.FloatSlider(0.5, min=0.01, max=0.99, step=0.01, description="p_rejected", continuous_update=False)
+    beta = w.FloatSlider(0.1, min=0.0, max=1.0, step=0.05, description="β (λ)", continuous_update=False)
+    figure = go.FigureWidget(odds_vs_probability(p_l.value))
+    readout = w.HTML()
+
+    def redraw(_=None):
+        new = odds_vs_probability(p_l.value)
+        with figure.batch_update():
+            for trace, fresh in zip(figure.data, new.data):
+                trace.x, trace.y = fresh.x, fresh.y
+            figure.layout.shapes, figure.layout.annotations = new.layout.shapes, new.layout.annotations
+        v = orpo_pair_view(p_w.value, p_l.value, beta.value)
+        readout.value = (f"odds {v['odds_chosen']:.2f} vs {v['odds_rejected']:.2f} · log-odds ratio "
+                         f"{v['log_odds_ratio']:+.3f} · L_OR {v['or_loss']:.3f} · β·L_OR {v['beta_times_or_loss']:.4f} · "
+                         f"descent raises log p_chosen by {-v['grad_logp_chosen']:.4f}·lr and lowers log p_rejected "
+                         f"by {v['grad_logp_rejected']:.4f}·lr")
+
+    for control in (p_w, p_l, beta):
+        control.observe(redraw, "value")
+    redraw()
+    return w.VBox([w.HBox([p_w, p_l, beta]), readout, figure])

@@ -1,3 +1,5 @@
+import math
+
 import pandas as pd
 import pytest
 
@@ -156,3 +158,36 @@ def test_live_curves_and_clip_explorer():
     high.value = 0.4
     assert "ε_high = 0.4" in figure.layout.title.text
     assert min(figure.data[2].x) > 1.4
+
+
+def test_odds_grow_without_bound_while_the_probability_ratio_saturates():
+    fig = plots.odds_vs_probability(0.5)
+    prob_ratio, odds_ratio, penalty = (list(t.y) for t in fig.data)
+    assert max(prob_ratio) == pytest.approx(math.log(0.99 / 0.5))       # at most log(1 / p_l)
+    assert max(odds_ratio) == pytest.approx(math.log(99))               # odds(0.99) / odds(0.5)
+    assert penalty[0] > math.log(2) > penalty[-1]                       # -log sigma(z): log 2 where p_w = p_l
+
+
+def test_orpo_pair_view_and_its_explorer():
+    from course_lib.widgets import odds_explorer, orpo_pair_view
+
+    v = orpo_pair_view(0.75, 0.5, beta=0.2)
+    assert v["log_odds_ratio"] == pytest.approx(math.log(3), rel=1e-6)
+    assert v["or_loss"] == pytest.approx(math.log1p(1 / 3), rel=1e-6)
+    # d(beta L_OR)/d(log p_w) = -beta sigma(-z) / (1 - p_w): the 1 / (1 - p) of the odds
+    assert v["grad_logp_chosen"] == pytest.approx(-0.2 * 0.25 / 0.25, rel=1e-5)
+    with pytest.raises(ValueError, match="strictly between"):
+        orpo_pair_view(1.0, 0.5)
+    box = odds_explorer()
+    (p_w, p_l, beta), readout, figure = box.children[0].children, box.children[1], box.children[2]
+    p_l.value = 0.2
+    assert max(figure.data[0].y) == pytest.approx(math.log(0.99 / 0.2))
+    assert "L_OR" in readout.value
+
+
+def test_yield_per_round_draws_each_run():
+    import pandas as pd
+
+    table = pd.DataFrame({"solved_share": [0.8, 0.9], "correct_share": [0.4, 0.5], "kept": [120, 150]}, index=[1, 2])
+    fig = plots.yield_per_round({"self": table, "teacher": table})
+    assert len(fig.data) == 6 and list(fig.data[2].y) == [120, 150]
