@@ -33,7 +33,7 @@ def test_yield_counts_what_the_filter_lets_through():
     pool = hand_pool()
     row = pool_yield(pool, sft_records(pool, max_per_question=2))
     assert row == {"questions": 3, "solved": 2, "solved_share": pytest.approx(2 / 3), "samples": 12,
-                   "correct": 6, "correct_share": 0.5, "kept": 3}
+                   "correct": 6, "correct_share": 0.5, "distinct": 4, "kept": 3}
     assert pool.mixed() == 1
 
 

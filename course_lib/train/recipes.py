@@ -14,6 +14,7 @@ differ only in who wrote the loop. Facts that matter on the CPU track (TRL 1.16)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -215,11 +216,27 @@ def sft_trainer(profile, model, tokenizer, records: list[dict], output_dir: str 
     if not records:
         raise ValueError("no SFT rows: the filter kept no sample. Sample more questions or more samples per "
                          "question (k), or use a stronger model or teacher")
-    trainer = SFTTrainer(model=model, args=sft_config(profile, output_dir, settings, progress, **overrides),
-                         train_dataset=Dataset.from_list(records), processing_class=tokenizer,
-                         peft_config=lora, callbacks=list(callbacks))
+    with _quiet_datasets():
+        trainer = SFTTrainer(model=model, args=sft_config(profile, output_dir, settings, progress, **overrides),
+                             train_dataset=Dataset.from_list(records), processing_class=tokenizer,
+                             peft_config=lora, callbacks=list(callbacks))
     _quiet(trainer)
     return trainer
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """No progress bars from ``datasets.map`` while a trainer tokenizes its rows (five bars per
+    SFT round otherwise, for a few hundred rows that take milliseconds)."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
 
 
 def _quiet(trainer) -> None:
@@ -282,9 +299,10 @@ def orpo_trainer(profile, model, tokenizer, pairs: list[dict], output_dir: str |
     with warnings.catch_warnings():      # "trl.experimental is unstable": said once, in lesson 08's prose
         warnings.simplefilter("ignore")
         from trl.experimental.orpo import ORPOTrainer
-    trainer = ORPOTrainer(model=model, args=orpo_config(profile, output_dir, settings, progress, **overrides),
-                          train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
-                          peft_config=lora, callbacks=list(callbacks))
+    with _quiet_datasets():
+        trainer = ORPOTrainer(model=model, args=orpo_config(profile, output_dir, settings, progress, **overrides),
+                              train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
+                              peft_config=lora, callbacks=list(callbacks))
     _quiet(trainer)
     return trainer
 

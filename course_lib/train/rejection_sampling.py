@@ -144,13 +144,18 @@ def preference_pairs(pool: SampledPool, pairs_per_question: int = 2, dedup: bool
 
 
 def pool_yield(pool: SampledPool, records: list[dict]) -> dict:
-    """One row of the yield table: how much of what was sampled survives the filter."""
+    """One row of the yield table: how much of what was sampled survives the filter.
+
+    ``distinct`` counts the different correct completions (summed over questions) before any
+    cap: when it is close to ``solved``, each solved question has essentially one correct text.
+    """
     drawn = sum(len(t) for t in pool.texts)
     n_correct = sum(sum(c) for c in pool.correct)
+    distinct = sum(len({t for t, ok in zip(ts, c) if ok}) for ts, c in zip(pool.texts, pool.correct))
     return {"questions": len(pool.problems), "solved": pool.solved(),
             "solved_share": pool.solved() / max(len(pool.problems), 1),
             "samples": drawn, "correct": n_correct, "correct_share": n_correct / max(drawn, 1),
-            "kept": len(records)}
+            "distinct": distinct, "kept": len(records)}
 
 
 def expert_iteration(model, tokenizer, profile, settings: RSSettings,
