@@ -96,3 +96,24 @@ def test_expert_iteration_two_rounds_with_lora(tmp_path):
     merged = trained.merge_and_unload()
     moved = [k for k, v in merged.state_dict().items() if not torch.equal(v, base[k])]
     assert moved and all(any(t in k for t in ("q_proj", "k_proj", "v_proj", "o_proj")) for k in moved)
+
+
+def test_a_round_that_keeps_nothing_trains_nothing_and_the_next_one_still_gets_the_adapter(tmp_path):
+    from course_lib.config import get_profile
+    from course_lib.data import pocket_math
+    from course_lib.models import load_pocket_model
+    from course_lib.train.recipes import lora_config
+
+    model, tokenizer = load_pocket_model()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    unsolvable = [dict(p, answer="-12345") for p in pocket_math.generate(4, "train", seed=3, max_steps=1)]
+    easy = pocket_math.generate(4, "train", seed=4, max_steps=1)
+    settings = RSSettings(rounds=2, questions_per_round=4, k=4, max_new_tokens=48, batch_size=4, learning_rate=1e-3)
+    trained, yields = expert_iteration(model, tokenizer, get_profile("pocket"), settings,
+                                       lambda r: unsolvable if r == 0 else easy, tmp_path,
+                                       lora=lora_config(), progress=False)
+    assert yields.loc[1, "kept"] == 0 and yields.loc[1, "sft_steps"] == 0
+    assert yields.loc[2, "kept"] > 0 and yields.loc[2, "sft_steps"] > 0
+    merged = trained.merge_and_unload()
+    moved = [k for k, v in merged.state_dict().items() if not torch.equal(v, base[k])]
+    assert moved and all(any(t in k for t in ("q_proj", "k_proj", "v_proj", "o_proj")) for k in moved)

@@ -175,6 +175,7 @@ def expert_iteration(model, tokenizer, profile, settings: RSSettings,
     from course_lib.train.recipes import sft_trainer
 
     rows = []
+    adapter = lora          # wrapped into the model by the first round that trains, then kept
     for r in range(settings.rounds):
         problems = problems_for_round(r)
         source = teacher if teacher is not None else model
@@ -186,9 +187,9 @@ def expert_iteration(model, tokenizer, profile, settings: RSSettings,
         if records:
             round_settings = dataclasses.replace(settings, seed=settings.seed + r)
             trainer = sft_trainer(profile, model, tokenizer, records, Path(output_dir) / f"round{r + 1}",
-                                  round_settings, lora=lora if r == 0 else None, progress=progress)
+                                  round_settings, lora=adapter, progress=progress)
             result = trainer.train()
-            model = trainer.model
+            model, adapter = trainer.model, None
             row.update(sft_loss=float(result.training_loss), sft_steps=int(result.global_step))
         else:   # nothing passed the filter: the round teaches nothing (say so, do not crash)
             row.update(sft_loss=float("nan"), sft_steps=0)
