@@ -160,6 +160,33 @@ def before_after(before: EvalResult, after: EvalResult) -> pd.DataFrame:
     return table
 
 
+def _summary_path(name: str, profile, runs_dir) -> "Path":
+    from pathlib import Path
+
+    mode = f"{profile.n_eval_problems}x{profile.eval_k}"      # fast mode evaluates fewer problems
+    return Path(runs_dir) / f"{name}-{profile.name}-{mode}.csv"
+
+
+def save_summary(result: EvalResult, name: str, profile, runs_dir="runs") -> "Path":
+    """Write ``result.summary`` where later lessons find it: one file per run name, profile and
+    evaluation size (so a fast-mode run never lands in a full-mode table). Returns the path."""
+    path = _summary_path(name, profile, runs_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result.summary.to_csv(path)
+    return path
+
+
+def saved_values(names: dict[str, str], profile, runs_dir="runs") -> dict[str, pd.Series]:
+    """``{label: metric values}`` for the runs of ``names`` (``{label: run name}``) that were saved
+    by :func:`save_summary` with this profile and evaluation size; runs not found are left out."""
+    found = {}
+    for label, name in names.items():
+        path = _summary_path(name, profile, runs_dir)
+        if path.is_file():
+            found[label] = pd.read_csv(path, index_col="metric")["value"]
+    return found
+
+
 def facts_probe(model, tokenizer, probe: list[dict]) -> dict[str, float]:
     """Score the held-out facts probe as multiple choice by log-likelihood.
 

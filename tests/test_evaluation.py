@@ -114,3 +114,18 @@ def test_facts_probe_beats_chance(pocket):
     scores = facts_probe(model, tok, probe)
     assert scores["n_items"] == 30 and 0.09 < scores["chance"] < 0.13
     assert scores["accuracy"] > 2 * scores["chance"]
+
+
+def test_saved_summaries_never_mix_profiles_or_evaluation_sizes(tmp_path):
+    from course_lib.config import get_profile
+    from course_lib.evaluation import EvalResult, save_summary, saved_values, score_problems, summarize
+
+    problems = [{"question": "q", "answer": "7"}, {"question": "r", "answer": "3"}]
+    per_problem = score_problems(problems, [["#### 7", "#### 1"], ["#### 3", "#### 3"]], k=2)
+    result = EvalResult(summarize(per_problem, k=2), per_problem, [], 2)
+    full, fast = get_profile("pocket", fast=False), get_profile("pocket", fast=True)
+    save_summary(result, "sft_rs", full, tmp_path)
+    found = saved_values({"SFT-RS": "sft_rs", "ORPO": "orpo"}, full, tmp_path)
+    assert list(found) == ["SFT-RS"] and found["SFT-RS"]["per_sample_accuracy"] == 0.75
+    assert saved_values({"SFT-RS": "sft_rs"}, fast, tmp_path) == {}          # a fast run is not a full run
+    assert saved_values({"SFT-RS": "sft_rs"}, get_profile("gpu", fast=False), tmp_path) == {}
