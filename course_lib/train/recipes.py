@@ -189,19 +189,25 @@ def grpo_recipe(profile, fast: bool = False) -> tuple[GRPOSettings, object]:
 
 # --------------------------------------------------------------------------- SFT (lesson 07)
 
+def _epoch_args(profile, output_dir: str | Path, settings, progress: bool) -> dict:
+    """The training arguments SFT and ORPO share: ``settings.epochs`` epochs over the rows at a
+    constant learning rate, a log row per step, no checkpoints, the profile's devices."""
+    return dict(
+        output_dir=str(output_dir), num_train_epochs=settings.epochs, seed=settings.seed,
+        per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=not progress,
+        **_cpu_or_gpu(profile),
+    )
+
+
 def sft_config(profile, output_dir: str | Path, settings, progress: bool = True, **overrides):
     """TRL's ``SFTConfig`` for one round of rejection-sampling SFT: ``settings.epochs`` epochs
     (one) at a constant learning rate, loss on the completion tokens only."""
     from trl import SFTConfig
 
-    args = dict(
-        output_dir=str(output_dir), num_train_epochs=settings.epochs, seed=settings.seed,
-        per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        completion_only_loss=True, max_length=1024, packing=False,
-        logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=not progress,
-        **_cpu_or_gpu(profile),
-    )
+    args = dict(**_epoch_args(profile, output_dir, settings, progress),
+                completion_only_loss=True, max_length=1024, packing=False)
     args.update(overrides)
     return SFTConfig(**args)
 
@@ -210,17 +216,24 @@ def sft_trainer(profile, model, tokenizer, records: list[dict], output_dir: str 
                 lora=None, callbacks=(), progress: bool = True, **overrides):
     """A ready ``trl.SFTTrainer`` on ``{"prompt", "completion"}`` rows (TRL adds the EOS to each
     completion). ``lora``: a ``LoraConfig`` to wrap the model with (None: train it as it is)."""
-    from datasets import Dataset
     from trl import SFTTrainer
 
     if not records:
         raise ValueError("no SFT rows: the filter kept no sample. Sample more questions or more samples per "
                          "question (k), or use a stronger model or teacher")
+    return _build(SFTTrainer, model, tokenizer, records, sft_config(profile, output_dir, settings, progress,
+                                                                    **overrides), lora, callbacks)
+
+
+def _build(trainer_class, model, tokenizer, rows: list[dict], args, lora, callbacks):
+    """``trainer_class`` on ``rows`` (a list of dicts made into a ``datasets.Dataset``), tokenized
+    without progress bars and without the per-step printer."""
+    from datasets import Dataset
+
     with _quiet_datasets():
-        trainer = SFTTrainer(model=model, args=sft_config(profile, output_dir, settings, progress, **overrides),
-                             train_dataset=Dataset.from_list(records), processing_class=tokenizer,
-                             peft_config=lora, callbacks=list(callbacks))
-    _quiet(trainer)
+        trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                processing_class=tokenizer, peft_config=lora, callbacks=list(callbacks))
+    drop_printer(trainer)
     return trainer
 
 
@@ -239,7 +252,7 @@ def _quiet_datasets():
             datasets.enable_progress_bars()
 
 
-def _quiet(trainer) -> None:
+def drop_printer(trainer) -> None:
     """Drop transformers' PrinterCallback, which prints a dict per logged step in notebooks
     (the live curves and the returned history carry the same numbers)."""
     from transformers.trainer_callback import PrinterCallback
@@ -272,14 +285,8 @@ def orpo_config(profile, output_dir: str | Path, settings: ORPOSettings = ORPOSe
     and dropout switched off, as ORPOTrainer's default."""
     from trl.experimental.orpo import ORPOConfig
 
-    args = dict(
-        output_dir=str(output_dir), num_train_epochs=settings.epochs, seed=settings.seed,
-        per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        beta=settings.beta, max_length=1024, remove_unused_columns=False,
-        logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=not progress,
-        **_cpu_or_gpu(profile),
-    )
+    args = dict(**_epoch_args(profile, output_dir, settings, progress),
+                beta=settings.beta, max_length=1024, remove_unused_columns=False)
     args.update(overrides)
     return ORPOConfig(**args)
 
@@ -291,20 +298,14 @@ def orpo_trainer(profile, model, tokenizer, pairs: list[dict], output_dir: str |
     :func:`course_lib.train.rejection_sampling.preference_pairs`)."""
     import warnings
 
-    from datasets import Dataset
-
     if not pairs:
         raise ValueError("no preference pairs: no question had both a correct and a wrong sample. "
                          "Sample more questions or more samples per question (k)")
     with warnings.catch_warnings():      # "trl.experimental is unstable": said once, in lesson 08's prose
         warnings.simplefilter("ignore")
         from trl.experimental.orpo import ORPOTrainer
-    with _quiet_datasets():
-        trainer = ORPOTrainer(model=model, args=orpo_config(profile, output_dir, settings, progress, **overrides),
-                              train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
-                              peft_config=lora, callbacks=list(callbacks))
-    _quiet(trainer)
-    return trainer
+    return _build(ORPOTrainer, model, tokenizer, pairs, orpo_config(profile, output_dir, settings, progress,
+                                                                     **overrides), lora, callbacks)
 
 
 # --------------------------------------------------------------------------- lesson 07 / 08 recipes
