@@ -91,21 +91,32 @@ def policy_backend(profile) -> str:
     return "unsloth" if profile.use_unsloth and torch.cuda.is_available() else "transformers"
 
 
-def load_policy(profile, lora=None, max_seq_length: int = 1024, seed: int = 0):
+def vllm_available() -> bool:
+    """Whether vLLM can serve generation here: CUDA and an installed ``vllm`` (GPU extras)."""
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
+def load_policy(profile, lora=None, max_seq_length: int = 1024, seed: int = 0, fast_inference: bool = False):
     """The model to train and its tokenizer, with LoRA adapters when ``lora`` (a PEFT
     ``LoraConfig``, e.g. :func:`course_lib.train.recipes.lora_config`) is given.
 
     With CUDA and ``profile.use_unsloth``: Unsloth's ``FastLanguageModel`` (its fast kernels
     and its own LoRA wrapper; import Unsloth before transformers/trl/peft, which
     :func:`import_unsloth_first` does). Otherwise transformers + PEFT. Prints one line
-    saying which path was taken.
+    saying which path was taken. ``fast_inference`` (Unsloth only, and only with vLLM
+    installed): Unsloth starts a vLLM engine on the same weights, which TRL's GRPOTrainer then
+    uses for its rollouts when ``use_vllm=True``.
     """
     backend = policy_backend(profile)
     if backend == "unsloth":
         FastLanguageModel = import_unsloth_first().FastLanguageModel
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=profile.model_name, max_seq_length=max_seq_length,
-            dtype=getattr(torch, profile.dtype), load_in_4bit=False)
+            dtype=getattr(torch, profile.dtype), load_in_4bit=False,
+            **(dict(fast_inference=True, max_lora_rank=lora.r if lora is not None else 16)
+               if fast_inference and vllm_available() else {}))
         if lora is not None:
             model = FastLanguageModel.get_peft_model(
                 model, r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,

@@ -128,12 +128,29 @@ def grpo_trainer(profile, model, tokenizer, problems: list[dict], output_dir: st
                        peft_config=lora, callbacks=list(callbacks))
 
 
+def vllm_generation(profile) -> dict:
+    """``GRPOConfig`` arguments that move GRPO's rollouts to vLLM where it can run (CUDA and the
+    GPU extras), else ``{}`` (generation by ``model.generate``, as on the CPU track).
+
+    With Unsloth, its own vLLM engine (``load_policy(..., fast_inference=True)``) serves the
+    rollouts and TRL needs only ``use_vllm``; without it, TRL starts vLLM in the training process
+    ("colocate") and leaves it a share of GPU memory.
+    """
+    from course_lib.models import policy_backend, vllm_available
+
+    if profile.device != "cuda" or not vllm_available():
+        return {}
+    if policy_backend(profile) == "unsloth":
+        return {"use_vllm": True}
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
+
+
 # TRL's logged names -> the names our loop uses, so that one figure shows either run.
 TRL_METRIC_NAMES = {
     "reward": "reward", "reward_std": "reward_std", "rewards/correctness_reward/mean": "accuracy",
     "kl": "kl", "entropy": "entropy", "completions/mean_length": "completion_length",
     "frac_reward_zero_std": "frac_zero_std", "clip_ratio/region_mean": "clip_ratio/region",
-    "loss": "loss", "grad_norm": "grad_norm",
+    "loss": "loss", "grad_norm": "grad_norm", "rewards/format_reward/mean": "format_reward",
 }
 
 
