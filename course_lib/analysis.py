@@ -7,6 +7,7 @@ whether the group had zero variance (all rewards equal, so GRPO learns nothing f
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from course_lib.data.gsm8k import solution_steps
@@ -114,3 +115,24 @@ def kl_gradient_table(vocab: int = 6, seed: int = 0) -> pd.DataFrame:
             row[f"|diff| to ∇{target}"] = float((g - e).norm())
         rows.append(row)
     return pd.DataFrame(rows).set_index("penalty")
+
+
+def paired_table(report: dict, arm_a: str, arm_b: str, metric: str) -> pd.DataFrame:
+    """How two arms of a showdown report (:mod:`course_lib.showdown`) compare problem by problem.
+
+    For a 0/1 metric (maj@k, consistency@k; pass@k with n = k) it is the 2x2 table of
+    McNemar's test: only the problems where the arms *disagree* carry information about which
+    is better, which is why a paired interval is narrower than two separate ones. For a graded
+    metric (per-sample accuracy) the rows are "a higher", "equal", "b higher".
+    """
+    a = np.asarray(report["arms"][arm_a]["per_problem"][metric])
+    b = np.asarray(report["arms"][arm_b]["per_problem"][metric])
+    la, lb = report["arms"][arm_a]["label"], report["arms"][arm_b]["label"]
+    if set(np.unique(np.concatenate([a, b]))) <= {0.0, 1.0}:
+        table = pd.DataFrame([[int(((a == 1) & (b == 1)).sum()), int(((a == 1) & (b == 0)).sum())],
+                              [int(((a == 0) & (b == 1)).sum()), int(((a == 0) & (b == 0)).sum())]],
+                             index=[f"{la} right", f"{la} wrong"], columns=[f"{lb} right", f"{lb} wrong"])
+    else:
+        table = pd.DataFrame({"problems": [int((a > b).sum()), int((a == b).sum()), int((a < b).sum())]},
+                             index=[f"{la} higher", "equal", f"{lb} higher"])
+    return table

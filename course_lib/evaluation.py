@@ -72,6 +72,15 @@ def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0)
     return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
 
 
+def paired_difference(after, before, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean of ``after - before`` over the same problems, in points, with a paired bootstrap
+    interval: both models are resampled on the *same* problems, so problem difficulty cancels
+    and the interval is narrower than two separate intervals side by side."""
+    diff = 100 * (np.asarray(after, dtype=float) - np.asarray(before, dtype=float))
+    low, high = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
+    return {"points": float(diff.mean()), "ci_low": low, "ci_high": high}
+
+
 def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval for a proportion (better than p ± 1.96·se near 0 or 1)."""
     if n == 0:

@@ -244,3 +244,77 @@ def odds_vs_probability(p_rejected: float = 0.5) -> go.Figure:
     fig.update_xaxes(title_text="p_w (chosen, mean per-token probability)")
     fig.update_layout(title="Odds against probabilities", height=360)
     return fig
+
+
+# --------------------------------------------------------------------------- the showdown (lesson 09)
+
+def _arm_summaries(report: dict) -> dict:
+    """``{label: summary table}`` (metric -> value, ci_low, ci_high) for each arm of a showdown report."""
+    import pandas as pd
+
+    return {r["label"]: pd.DataFrame(r["metrics"]).T for r in report["arms"].values()}
+
+
+def showdown_metrics(report: dict) -> go.Figure:
+    """Every metric of every arm, with its 95% interval (:func:`metrics_bar` on the report)."""
+    return metrics_bar(_arm_summaries(report), title="The showdown: every arm on the same test problems")
+
+
+def showdown_changes(report: dict) -> go.Figure:
+    """Each trained arm's change against the base, in points, with its paired 95% interval:
+    an interval that crosses the zero line is a change the study cannot tell from noise."""
+    fig = go.Figure()
+    for arm, changes in report["changes"].items():
+        metrics = list(changes)
+        points = [changes[m]["points"] for m in metrics]
+        fig.add_scatter(x=metrics, y=points, mode="markers", name=report["arms"][arm]["label"], marker_size=11,
+                        error_y={"type": "data", "symmetric": False,
+                                 "array": [changes[m]["ci_high"] - p for m, p in zip(metrics, points)],
+                                 "arrayminus": [p - changes[m]["ci_low"] for m, p in zip(metrics, points)]})
+    fig.add_hline(y=0, line_dash="dot")
+    fig.update_layout(scattermode="group", yaxis_title="change against the base (points)",
+                      title="What each method changed (paired intervals: same problems, same seeds)")
+    return fig
+
+
+def showdown_budget(report: dict) -> go.Figure:
+    """Seconds per arm, stacked by phase: sampling the training pool, training, evaluating."""
+    arms = list(report["arms"].values())
+    fig = go.Figure()
+    for key, name in (("sample_seconds", "sampling the pool"), ("train_seconds", "training"),
+                      ("eval_seconds", "evaluation")):
+        fig.add_bar(x=[r["label"] for r in arms], y=[r["budget"][key] for r in arms], name=name)
+    fig.update_layout(barmode="stack", yaxis_title="seconds",
+                      title="Where the time went (SFT-RS and ORPO share one pool, sampled once)")
+    return fig
+
+
+def showdown_forgetting(report: dict) -> go.Figure:
+    """The facts probe (the pocket model's second skill) after each arm: did maths training
+    make it forget? Accuracy on the left, mean log-prob of the right answer on the right."""
+    arms = [r for r in report["arms"].values() if r["facts"]]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("facts probe accuracy", "mean log-prob of the gold answer"))
+    labels = [r["label"] for r in arms]
+    fig.add_bar(x=labels, y=[r["facts"]["accuracy"] for r in arms], row=1, col=1, showlegend=False)
+    fig.add_bar(x=labels, y=[r["facts"]["mean_gold_logprob"] for r in arms], row=1, col=2, showlegend=False)
+    fig.add_hline(y=arms[0]["facts"]["chance"], line_dash="dot", annotation_text="chance", row=1, col=1)
+    fig.update_yaxes(range=[0, 1], row=1, col=1)
+    fig.update_layout(title="Forgetting: the second skill after maths training")
+    return fig
+
+
+def history_curves(rows: list[dict], keys: tuple[str, ...], title: str = "Training", cols: int = 3) -> go.Figure:
+    """A finished run's logged rows (dicts with ``step``) as one subplot per key (the static
+    twin of :class:`LiveCurves`, e.g. for a run loaded from disk)."""
+    keys = tuple(k for k in keys if any(k in row for row in rows))
+    if not keys:
+        raise ValueError("none of the keys was logged in these rows")
+    cols = min(cols, len(keys))
+    n_rows = -(-len(keys) // cols)
+    fig = make_subplots(rows=n_rows, cols=cols, subplot_titles=keys)
+    for i, key in enumerate(keys):
+        points = [(row["step"], row[key]) for row in rows if key in row]
+        fig.add_scatter(x=[s for s, _ in points], y=[v for _, v in points], mode="lines+markers", name=key,
+                        row=i // cols + 1, col=i % cols + 1)
+    fig.update_layout(title=title, showlegend=False, height=280 * n_rows + 40)
+    return fig

@@ -258,3 +258,31 @@ def odds_explorer():
         control.observe(redraw, "value")
     redraw()
     return w.VBox([w.HBox([p_w, p_l, beta]), readout, figure])
+
+
+def paired_comparison(report: dict):
+    """Pick two arms of a showdown report and a metric: the problem-by-problem table
+    (:func:`course_lib.analysis.paired_table`) and the paired change with its interval."""
+    import ipywidgets as w
+
+    from course_lib.analysis import paired_table
+    from course_lib.evaluation import paired_difference
+
+    arms = [(r["label"], arm) for arm, r in report["arms"].items()]
+    metrics = list(next(iter(report["arms"].values()))["per_problem"])
+    a = w.Dropdown(options=arms, value=arms[-1][1], description="arm")
+    b = w.Dropdown(options=arms, value=arms[0][1], description="against")
+    metric = w.Dropdown(options=metrics, value=metrics[2] if len(metrics) > 2 else metrics[0], description="metric")
+    out = w.HTML()
+
+    def redraw(_=None):
+        per = {arm: report["arms"][arm]["per_problem"][metric.value] for arm in (a.value, b.value)}
+        change = paired_difference(per[a.value], per[b.value])
+        table = paired_table(report, a.value, b.value, metric.value)
+        out.value = (table.to_html() + f"<p>{metric.value}: {change['points']:+.1f} points, paired 95% interval "
+                     f"[{change['ci_low']:+.1f}, {change['ci_high']:+.1f}] over {len(per[a.value])} problems</p>")
+
+    for control in (a, b, metric):
+        control.observe(redraw, "value")
+    redraw()
+    return w.VBox([w.HBox([a, b, metric]), out])
