@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install lab test test-quick lesson bench pocket-model clean
+.PHONY: install lab test test-quick lesson bench showdown pocket-model clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ lesson: install
 # Our GRPO loop vs TRL's GRPOTrainer, same settings, completions per second (a benchmark, not a test).
 bench: install
 	$(BIN)/python -m course_lib.bench grpo
+
+# Lesson 09's study: base vs SFT-RS vs ORPO vs GRPO, evaluated alike; writes results/showdown.{json,md,html}.
+# About 10 minutes on 2 cores for the pocket profile; finished arms are kept and reused if interrupted.
+PROFILE ?= pocket
+showdown: install
+	HF_HUB_OFFLINE=$(if $(filter pocket,$(PROFILE)),1,0) $(BIN)/python -m course_lib showdown --profile $(PROFILE)
 
 # Train the shipped pocket model again from its seed (about 40 minutes on 2 cores).
 pocket-model: install

@@ -1,0 +1,166 @@
+"""The showdown (lesson 09): the plan's matched budgets, the end-to-end run in fast mode, resuming."""
+
+import dataclasses
+import json
+
+import pytest
+
+from course_lib import showdown
+from course_lib.__main__ import main
+from course_lib.config import get_profile
+from course_lib.rewards import SEED_000
+from course_lib.showdown import ARMS, plan_for
+
+FAST_METRICS = {"per_sample_accuracy", "pass@4", "maj@4", "consistency@4"}
+
+
+# --------------------------------------------------------------------------- the plan
+
+def test_pocket_plan_matches_the_generation_budget_of_every_arm():
+    plan = plan_for(get_profile("pocket", fast=False))
+    assert (plan.questions, plan.k, plan.n_eval) == (128, 8, 200)
+    rs, orpo, grpo = plan.rs, plan.orpo, plan.grpo
+    budgets = {rs.rounds * rs.questions_per_round * rs.k, orpo.questions * orpo.k,
+               grpo.steps * grpo.prompts_per_step * grpo.group_size}
+    assert budgets == {plan.completions_per_arm} == {1024}
+    assert rs.rounds == 1 and rs.epochs == 1 and orpo.epochs == 1
+    assert grpo.reward == SEED_000 and grpo.beta > 0 and grpo.epsilon_low == 0.2
+    assert rs.max_new_tokens == orpo.max_new_tokens == grpo.max_new_tokens
+
+
+def test_gpu_plan_mirrors_seed_000_and_takes_a_documented_subset():
+    profile = get_profile("gpu", fast=False)
+    plan = plan_for(profile)
+    assert plan.questions == 7472 and plan.k == 8 and plan.n_eval == 1319   # 7,473 down to whole steps of 8
+    assert plan.rs.rounds == 1 and plan.rs.max_per_question is None and plan.grpo.reward == SEED_000
+    subset = plan_for(profile, questions=1000, n_eval=500)
+    assert (subset.questions, subset.grpo.steps, subset.n_eval) == (1000, 125, 500)
+    with pytest.raises(ValueError, match="at least 8 training questions"):
+        plan_for(profile, questions=5)
+
+
+def test_the_fingerprint_changes_with_any_setting():
+    plan = plan_for(get_profile("pocket", fast=True), fast=True)
+    assert plan.fingerprint() == plan_for(get_profile("pocket", fast=True), fast=True).fingerprint()
+    other = dataclasses.replace(plan, orpo=dataclasses.replace(plan.orpo, beta=0.2))
+    assert other.fingerprint() != plan.fingerprint()
+
+
+def test_report_names_never_let_a_fast_run_overwrite_a_full_one():
+    def name(profile, fast):
+        return showdown.report_name({"profile": profile, "fast": fast})
+
+    assert name("pocket", False) == "showdown"
+    assert len({name("pocket", False), name("pocket", True), name("gpu", False), name("gpu", True)}) == 4
+
+
+def test_unknown_profile_is_a_clear_error(capsys):
+    assert main(["showdown", "--profile", "tpu", "--fast"]) == 2
+    assert "Valid profiles" in capsys.readouterr().err
+
+
+def test_missing_report_says_how_to_make_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="course_lib showdown"):
+        showdown.load_report(tmp_path / "showdown.json")
+
+
+# --------------------------------------------------------------------------- end to end, fast mode
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("showdown")
+    assert main(["showdown", "--profile", "pocket", "--fast", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_the_json_has_every_arm_and_metric(fast_run):
+    report = json.loads((fast_run / "showdown-fast.json").read_text())
+    assert list(report["arms"]) == list(ARMS) and set(report["changes"]) == set(ARMS[1:])
+    n_eval = report["plan"]["n_eval"]
+    for arm, record in report["arms"].items():
+        assert set(record["metrics"]) == FAST_METRICS == set(record["per_problem"])
+        for metric, m in record["metrics"].items():
+            assert 0 <= m["ci_low"] <= m["value"] <= m["ci_high"] <= 1
+            assert len(record["per_problem"][metric]) == n_eval
+            assert m["value"] == pytest.approx(sum(record["per_problem"][metric]) / n_eval)
+        assert 0 <= record["facts"]["accuracy"] <= 1 and record["facts"]["n_items"] == 24
+        assert set(record["format"]) == {"strict_format", "soft_format", "single_answer", "plain_number"}
+    trained = [report["arms"][a]["budget"] for a in ARMS[1:]]
+    assert {b["completions_generated"] for b in trained} == {report["plan"]["questions"] * report["plan"]["k"]}
+    assert all(b["optimizer_steps"] >= 1 for b in trained)
+    assert report["arms"]["grpo"]["history"] and "reward" in report["arms"]["grpo"]["history"][0]
+    assert "loss" in report["arms"]["sft_rs"]["history"][0]
+
+
+def test_changes_are_paired_differences_against_the_base(fast_run):
+    report = json.loads((fast_run / "showdown-fast.json").read_text())
+    base = report["arms"]["base"]["per_problem"]
+    for arm, changes in report["changes"].items():
+        for metric, c in changes.items():
+            mine = report["arms"][arm]["per_problem"][metric]
+            expected = 100 * sum(x - y for x, y in zip(mine, base[metric])) / len(mine)
+            assert c["points"] == pytest.approx(expected)
+            assert c["ci_low"] <= c["points"] <= c["ci_high"]
+
+
+def test_markdown_and_html_reports_show_every_arm(fast_run):
+    markdown = (fast_run / "showdown-fast.md").read_text()
+    page = (fast_run / "showdown-fast.html").read_text()
+    for label in showdown.LABELS.values():
+        assert f"| {label} |" in markdown and f"<td>{label}</td>" in page
+    assert "paired 95 % interval" in markdown
+    assert page.count("Plotly.newPlot") == 4 and "plotly.js" in page.lower()   # script inlined: opens offline
+
+
+def test_a_rerun_loads_every_finished_arm(fast_run, monkeypatch):
+    def refuse(study):
+        raise AssertionError("a finished arm was run again")
+
+    monkeypatch.setattr(showdown, "RUNNERS", {arm: refuse for arm in ARMS})
+    before = json.loads((fast_run / "showdown-fast.json").read_text())
+    again = showdown.run_showdown(get_profile("pocket", fast=True), plan_for(get_profile("pocket", fast=True), fast=True),
+                                  out_dir=fast_run, progress=False, log=lambda _: None)
+    assert again["resumed"] == list(ARMS)
+    assert again["arms"] == before["arms"]
+
+
+def test_an_interrupted_run_redoes_only_the_missing_arm_with_the_same_numbers(fast_run, monkeypatch):
+    profile = get_profile("pocket", fast=True)
+    plan = plan_for(profile, fast=True)
+    first = json.loads((fast_run / "showdown-fast.json").read_text())
+    (fast_run / "arms-pocket-fast" / "orpo.json").unlink()          # as if killed during ORPO
+
+    def refuse(study):
+        raise AssertionError("a finished arm was run again")
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the shared pool was sampled again instead of read from disk")
+
+    monkeypatch.setattr(showdown, "RUNNERS", {**{arm: refuse for arm in ARMS}, "orpo": showdown.run_orpo})
+    monkeypatch.setattr("course_lib.train.rejection_sampling.sample_pool", no_sampling)
+    again = showdown.run_showdown(profile, plan, out_dir=fast_run, progress=False, log=lambda _: None)
+    assert again["resumed"] == ["base", "sft_rs", "grpo"]
+    assert again["arms"]["orpo"]["metrics"] == first["arms"]["orpo"]["metrics"]      # same seeds, same numbers
+    assert (fast_run / "arms-pocket-fast" / "orpo.json").is_file()
+
+
+def test_an_arm_saved_under_another_plan_is_not_reused(fast_run):
+    profile = get_profile("pocket", fast=True)
+    plan = plan_for(profile, fast=True)
+    other = dataclasses.replace(plan, grpo=dataclasses.replace(plan.grpo, learning_rate=1e-5))
+    messages = []
+    assert showdown.Showdown(profile, plan, fast_run, log=messages.append).load_arm("grpo") is not None
+    assert showdown.Showdown(profile, other, fast_run, log=messages.append).load_arm("grpo") is None
+    assert "other settings" in messages[-1]
+
+
+def test_paired_table_counts_the_problems_where_arms_disagree(fast_run):
+    from course_lib.analysis import paired_table
+    from course_lib.widgets import paired_comparison
+
+    report = json.loads((fast_run / "showdown-fast.json").read_text())
+    table = paired_table(report, "grpo", "base", "maj@4")
+    assert table.to_numpy().sum() == report["plan"]["n_eval"]
+    grpo, base = report["arms"]["grpo"]["per_problem"]["maj@4"], report["arms"]["base"]["per_problem"]["maj@4"]
+    assert table.iloc[0, 1] == sum(g == 1 and b == 0 for g, b in zip(grpo, base))
+    assert "paired 95% interval" in paired_comparison(report).children[1].value
