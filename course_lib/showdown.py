@@ -50,7 +50,7 @@ from course_lib.train.rejection_sampling import RSSettings
 ARMS = ("base", "sft_rs", "orpo", "grpo")
 LABELS = {"base": "Base", "sft_rs": "SFT-RS", "orpo": "ORPO", "grpo": "GRPO"}
 KL_BETA = 0.04          # the KL weight of DeepSeekMath's GRPO (and TRL's former default)
-TRAIN_SEED = 100        # which training questions (the same pocket-math draw as lessons 07-08)
+TRAIN_SEED = 100        # the training questions: the same pocket-math draw as lessons 07-08
 
 
 @dataclass
@@ -66,6 +66,7 @@ class ShowdownPlan:
     orpo: ORPOSettings
     grpo: GRPOSettings
     lora: dict                # r, alpha, dropout, target_modules
+    train_seed: int = TRAIN_SEED  # which training questions (pocket-math draw; GSM8K: ignored, the first Q)
 
     def fingerprint(self) -> str:
         """A short hash of the whole plan."""
@@ -84,14 +85,16 @@ class ShowdownPlan:
                 f"{g.group_size}). Optimizer steps and wall time follow from each method and are reported.")
 
 
-def plan_for(profile, fast: bool = False, questions: int | None = None, n_eval: int | None = None) -> ShowdownPlan:
+def plan_for(profile, fast: bool = False, questions: int | None = None, n_eval: int | None = None,
+             train_seed: int = TRAIN_SEED) -> ShowdownPlan:
     """The study's plan for a profile, built from the recipes of lessons 05-08.
 
     Pocket: 128 questions x 8 samples (one GRPO epoch of 16 steps of 8 x 8); full mode's
     evaluation is the profile's 200 test problems. GPU: seed 000's setting, the GSM8K train set
     (7,472 questions: 7,473 rounded down to whole GRPO steps) x 8 samples, on all 1,319 test
     problems. ``questions`` / ``n_eval`` override the counts (e.g. a documented GPU subset);
-    ``questions`` is rounded down to a multiple of GRPO's prompts per step.
+    ``questions`` is rounded down to a multiple of GRPO's prompts per step. ``train_seed`` draws
+    other pocket-math training questions (a second run of the study with other training data).
     """
     from course_lib.train.recipes import grpo_recipe, orpo_recipe, rs_recipe
 
@@ -111,7 +114,8 @@ def plan_for(profile, fast: bool = False, questions: int | None = None, n_eval: 
                                reward=SEED_000, beta=KL_BETA)
     lora_args = dict(r=lora.r, alpha=lora.lora_alpha, dropout=lora.lora_dropout,
                      target_modules=tuple(sorted(lora.target_modules)))
-    return ShowdownPlan(profile.name, fast, q, k, n_eval or profile.n_eval_problems, rs, orpo, grpo, lora_args)
+    return ShowdownPlan(profile.name, fast, q, k, n_eval or profile.n_eval_problems, rs, orpo, grpo, lora_args,
+                        train_seed)
 
 
 def plan_table(plan: ShowdownPlan):
@@ -121,8 +125,9 @@ def plan_table(plan: ShowdownPlan):
     rs, orpo, g = plan.rs, plan.orpo, plan.grpo
     lora = f"LoRA r={plan.lora['r']}"
     return pd.DataFrame([
-        {"arm": "SFT-RS", "samples from": "base (shared pool)", "learns from": "correct samples, deduped, "
-         f"<= {rs.max_per_question or 'all'} per question", "update": "SFT, 1 epoch", "learning rate": rs.learning_rate,
+        {"arm": "SFT-RS", "samples from": "base (shared pool)", "learns from": "correct samples, deduped"
+         + (f", <= {rs.max_per_question} per question" if rs.max_per_question else ", all of them"),
+         "update": "SFT, 1 epoch", "learning rate": rs.learning_rate,
          "batch": rs.batch_size, "adapter": lora},
         {"arm": "ORPO", "samples from": "base (shared pool)", "learns from": f"<= {orpo.pairs_per_question} "
          "(correct, wrong) pairs per question", "update": f"ORPO (beta {orpo.beta}), 1 epoch",
@@ -158,7 +163,7 @@ class Showdown:
         from course_lib.data import train_problems
 
         if "train" not in self._problems:
-            self._problems["train"] = train_problems(self.profile, self.plan.questions, seed=TRAIN_SEED)
+            self._problems["train"] = train_problems(self.profile, self.plan.questions, seed=self.plan.train_seed)
         return self._problems["train"]
 
     def facts(self) -> list[dict] | None:
@@ -186,12 +191,7 @@ class Showdown:
         return record
 
     def save_arm(self, record: dict) -> Path:
-        path = self.arm_path(record["arm"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")          # write then rename: a killed run leaves no half file
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(path)
-        return path
+        return _write_json(self.arm_path(record["arm"]), record)
 
     # -------------------------------------------------------------- the shared pool
     def pool(self):
@@ -213,9 +213,8 @@ class Showdown:
                            max_new_tokens=rs.max_new_tokens, batch_size=rs.sample_batch_size, seed=rs.seed,
                            system_prompt=self.profile.system_prompt, progress=self.progress)
         seconds = time.perf_counter() - start
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"plan": self.plan.fingerprint(), "prompts": pool.prompts, "texts": pool.texts,
-                                    "correct": pool.correct, "seconds": seconds}))
+        _write_json(path, {"plan": self.plan.fingerprint(), "prompts": pool.prompts, "texts": pool.texts,
+                           "correct": pool.correct, "seconds": seconds})
         return pool, seconds
 
     # -------------------------------------------------------------- evaluation of one model
@@ -228,16 +227,25 @@ class Showdown:
         budget = {**budget, "eval_seconds": time.perf_counter() - start}
         texts = [t for group in result.completions for t in group]
         fmt = {c: float(np.mean([format_components(t)[c] for t in texts])) for c in FORMAT_COMPONENTS}
-        k = result.k
+        names = {m: m.replace("@k", f"@{result.k}") for m in METRICS}      # "pass@k" -> "pass@8"
         return {
             "arm": arm, "label": LABELS[arm], "plan": self.plan.fingerprint(),
-            "metrics": {m.replace("@k", f"@{k}"): result.summary.loc[m.replace("@k", f"@{k}")][
-                ["value", "ci_low", "ci_high"]].astype(float).to_dict() for m in METRICS},
-            "per_problem": {m.replace("@k", f"@{k}"): result.per_problem[m].astype(float).tolist() for m in METRICS},
+            "metrics": {name: result.summary.loc[name, ["value", "ci_low", "ci_high"]].astype(float).to_dict()
+                        for name in names.values()},
+            "per_problem": {name: result.per_problem[m].astype(float).tolist() for m, name in names.items()},
             "facts": facts, "format": fmt,
             "mean_completion_chars": float(np.mean([len(t) for t in texts])),
             "budget": budget, "history": history,
         }
+
+
+def _write_json(path: Path, obj) -> Path:
+    """Write then rename: a run killed while writing leaves no half-written file to resume from."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+    return path
 
 
 # --------------------------------------------------------------------------- the four arms
@@ -401,20 +409,18 @@ def load_report(path: str | Path) -> dict:
 # --------------------------------------------------------------------------- tables and reports
 
 def results_table(report: dict):
-    """One row per arm: each metric as a share with its 95 % interval, the facts probe and the budget."""
+    """One row per arm: each metric in % with its 95 % interval, the facts probe, the share of
+    completions in strict format, and the budget spent."""
     import pandas as pd
 
     rows = []
-    for arm, r in report["arms"].items():
-        row = {"arm": r["label"]}
-        for metric, m in r["metrics"].items():
-            row[metric] = m["value"]
-            row[f"{metric} CI"] = (m["ci_low"], m["ci_high"])
+    for r in report["arms"].values():
+        row = {"arm": r["label"], **{metric: _pct(m) for metric, m in r["metrics"].items()}}
         row["facts probe"] = r["facts"]["accuracy"] if r["facts"] else float("nan")
         row["strict format"] = r["format"]["strict_format"]
         b = r["budget"]
         row.update({"completions generated": b["completions_generated"], "trained on": b["sequences_trained_on"],
-                    "optimizer steps": b["optimizer_steps"], "train s": b["train_seconds"]})
+                    "optimizer steps": b["optimizer_steps"], "train s": round(b["train_seconds"], 1)})
         rows.append(row)
     return pd.DataFrame(rows).set_index("arm")
 

@@ -129,3 +129,18 @@ def test_saved_summaries_never_mix_profiles_or_evaluation_sizes(tmp_path):
     assert list(found) == ["SFT-RS"] and found["SFT-RS"]["per_sample_accuracy"] == 0.75
     assert saved_values({"SFT-RS": "sft_rs"}, fast, tmp_path) == {}          # a fast run is not a full run
     assert saved_values({"SFT-RS": "sft_rs"}, get_profile("gpu", fast=False), tmp_path) == {}
+
+
+def test_paired_difference_is_narrower_than_separate_intervals_when_problems_vary():
+    from course_lib.evaluation import bootstrap_ci, paired_difference
+
+    rng = np.random.default_rng(0)
+    difficulty = rng.uniform(0, 1, size=300)                 # shared by both models: the problems
+    before = (rng.uniform(size=300) > difficulty).astype(float)
+    after = np.where(rng.uniform(size=300) < 0.1, 1.0, before)   # fixes about 10 % of its misses
+    change = paired_difference(after, before)
+    assert change["points"] == pytest.approx(100 * (after.mean() - before.mean()))
+    assert change["ci_low"] > 0                              # the paired interval sees the gain ...
+    low_a, _ = bootstrap_ci(after)
+    _, high_b = bootstrap_ci(before)
+    assert low_a < high_b                                    # ... which the separate intervals hide
