@@ -318,3 +318,16 @@ def history_curves(rows: list[dict], keys: tuple[str, ...], title: str = "Traini
                         row=i // cols + 1, col=i % cols + 1)
     fig.update_layout(title=title, showlegend=False, height=280 * n_rows + 40)
     return fig
+
+
+def memory_bar(table, title: str = "GPU memory per part", gpus_gb=(8, 16, 24, 40, 80)) -> go.Figure:
+    """One stacked bar of :func:`course_lib.memory.estimate`'s parts, with common GPU sizes marked."""
+    fig = go.Figure()
+    for part, gb in table["GB"].drop("total").items():
+        if gb > 0:
+            fig.add_bar(y=["this setup"], x=[gb], name=part, orientation="h")
+    for size in gpus_gb:
+        fig.add_vline(x=size, line_dash="dot", annotation_text=f"{size} GB")
+    fig.update_layout(barmode="stack", xaxis_title="GB on one GPU", title=title, height=260,
+                      xaxis_range=[0, max(float(table.loc["total", "GB"]) * 1.1, 9)])
+    return fig

@@ -286,3 +286,53 @@ def paired_comparison(report: dict):
         control.observe(redraw, "value")
     redraw()
     return w.VBox([w.HBox([a, b, metric]), out])
+
+
+def memory_planner():
+    """Controls for :func:`course_lib.memory.estimate`: model, precision, LoRA rank (0: full
+    fine-tuning), ZeRO stage, offloading, GPUs, batch, sequence length, GRPO completions and
+    checkpointing; the table of parts and a stacked bar redraw on every change."""
+    import ipywidgets as w
+
+    from course_lib import memory
+    from course_lib.plots import memory_bar
+
+    model = w.Dropdown(options=list(memory.MODELS), value="Qwen2.5-1.5B", description="model")
+    precision = w.Dropdown(options=["bf16", "fp32"], description="precision")
+    rank = w.Dropdown(options=[0, 8, 16, 32, 64], value=16, description="LoRA rank")
+    zero = w.Dropdown(options=[0, 1, 2, 3], value=0, description="ZeRO stage")
+    gpus = w.IntSlider(1, min=1, max=16, description="GPUs")
+    batch = w.IntSlider(1, min=1, max=32, description="micro-batch")
+    seq = w.Dropdown(options=[256, 512, 1024, 2048, 4096], value=1024, description="seq length")
+    completions = w.IntSlider(0, min=0, max=64, description="GRPO P×G")
+    checkpointing = w.Checkbox(True, description="gradient checkpointing")
+    offload_opt = w.Checkbox(False, description="offload optimizer")
+    offload_par = w.Checkbox(False, description="offload weights")
+    reference = w.Checkbox(False, description="reference model")
+    readout = w.HTML()
+    figure = go.FigureWidget()
+
+    def redraw(_=None):
+        try:
+            setup = memory.TrainingSetup(
+                precision=precision.value, lora_rank=rank.value or None, zero_stage=zero.value,
+                offload_optimizer=offload_opt.value, offload_params=offload_par.value, n_gpus=gpus.value,
+                micro_batch=batch.value, seq_len=seq.value, gradient_checkpointing=checkpointing.value,
+                grpo_completions=completions.value, reference_model=reference.value)
+        except ValueError as e:
+            readout.value = f"<b>not a valid setup:</b> {html.escape(str(e))}"
+            return
+        table = memory.estimate(memory.MODELS[model.value], setup)
+        readout.value = table.round(3).T.to_html()
+        fresh = memory_bar(table, title=f"{model.value}: {float(table.loc['total', 'GB']):.1f} GB per GPU")
+        with figure.batch_update():
+            figure.data = []
+            figure.add_traces(fresh.data)
+            figure.layout = fresh.layout
+
+    controls = (model, precision, rank, zero, gpus, batch, seq, completions, checkpointing, offload_opt,
+                offload_par, reference)
+    for control in controls:
+        control.observe(redraw, "value")
+    redraw()
+    return w.VBox([w.HBox(controls[:6]), w.HBox(controls[6:]), readout, figure])
