@@ -106,8 +106,11 @@ def build_trainer(args: argparse.Namespace, profile, world_size: int):
     extra = dict(max_steps=args.steps, disable_tqdm=True, save_strategy="no", logging_steps=1)
     if args.deepspeed is not None:
         extra["deepspeed"] = str(deepspeed_config_path(args.deepspeed))
+    if uses_deepspeed(args):     # Unsloth's patched model is made for one GPU, not for ZeRO's sharding
+        profile = dataclasses.replace(profile, use_unsloth=False)
     lora = None if args.full else recipes.lora_config(**recipes.POCKET_LORA)
-    model, tokenizer = load_policy(profile, lora, seed=args.seed)
+    vllm = recipes.vllm_generation(profile) if args.method == "grpo" else {}     # {} on a CPU
+    model, tokenizer = load_policy(profile, lora, seed=args.seed, fast_inference=bool(vllm))
     per_step = args.batch_size * world_size
     if args.method == "grpo":
         settings, _ = recipes.grpo_recipe(profile)
@@ -117,7 +120,7 @@ def build_trainer(args: argparse.Namespace, profile, world_size: int):
                                        learning_rate=args.learning_rate or settings.learning_rate)
         problems = train_problems(profile, args.steps * per_step // args.group_size, seed=args.seed)
         trainer = recipes.grpo_trainer(profile, model, tokenizer, problems, out, settings,
-                                       system_prompt=profile.system_prompt, **extra)
+                                       system_prompt=profile.system_prompt, **vllm, **extra)
         recipes.drop_printer(trainer)
     else:
         make_recipe, make_trainer = ((recipes.rs_recipe, recipes.sft_trainer) if args.method == "sft"
