@@ -7,8 +7,12 @@ The same command runs on one process or many, on a CPU or on GPUs::
     deepspeed --num_gpus 2 --module course_lib.train sft --deepspeed zero2
     accelerate launch --config_file course_lib/configs/accelerate_zero2.yaml -m course_lib.train sft
 
-Each process builds the same TRL trainer with the course's recipe (lessons 06-08); the
-Hugging Face Trainer hands the model to DeepSpeed, which splits optimizer states, gradients
+Each process builds the same TRL trainer with the course's recipe (lessons 06-08) and its
+LoRA adapter (``--full``: every weight). ``grpo`` trains on fresh problems with the course's
+rewards; ``sft`` on the reference solutions (pocket-math's, or GSM8K's on the GPU profile);
+``orpo`` on pairs of a reference solution and the same solution with a wrong final answer.
+Fixed data keeps the launch about the launcher: the sampled pools of lessons 07-08 are built
+in one process, before any launch. The Hugging Face Trainer hands the model to DeepSpeed, which splits optimizer states, gradients
 and (ZeRO-3) weights across the processes. On a CPU the processes talk over gloo. Rank 0
 writes ``<output-dir>/run_summary.json`` (engine, world size, ZeRO stage, optimizer, losses)
 and every rank takes part in saving the model to ``<output-dir>/model``.
