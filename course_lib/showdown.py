@@ -144,8 +144,8 @@ class Showdown:
     """One study: the plan, where its files go, and the shared pieces (test problems, pool)."""
 
     def __init__(self, profile, plan: ShowdownPlan, out_dir: str | Path = "results", progress: bool = True,
-                 log: Callable[[str], None] = print):
-        self.profile, self.plan, self.progress, self.log = profile, plan, progress, log
+                 log: Callable[[str], None] = print, fresh: bool = False):
+        self.profile, self.plan, self.progress, self.log, self.fresh = profile, plan, progress, log, fresh
         self.out_dir = Path(out_dir)
         mode = "fast" if plan.fast else "full"
         self.arm_dir = self.out_dir / f"arms-{plan.profile}-{mode}"
@@ -201,7 +201,7 @@ class Showdown:
         from course_lib.train.rejection_sampling import SampledPool, sample_pool
 
         path = self.arm_dir / "pool.json"
-        if path.is_file():
+        if path.is_file() and not self.fresh:
             saved = json.loads(path.read_text())
             if saved["plan"] == self.plan.fingerprint():
                 pool = SampledPool(self.train_questions(), saved["prompts"], saved["texts"], saved["correct"])
@@ -345,10 +345,11 @@ def run_showdown(profile, plan: ShowdownPlan | None = None, out_dir: str | Path 
                  progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) every arm, then write the JSON, Markdown and HTML reports.
 
-    Returns the report (what ``showdown.json`` holds). ``fresh=True`` ignores saved arms.
+    Returns the report (what ``showdown.json`` holds). ``fresh=True`` ignores saved arms and the
+    saved pool, and runs everything again.
     """
     plan = plan or plan_for(profile)
-    study = Showdown(profile, plan, out_dir, progress, log)
+    study = Showdown(profile, plan, out_dir, progress, log, fresh)
     start = time.perf_counter()
     arms, resumed = {}, []
     for arm in tqdm(ARMS, desc="showdown arms", disable=not progress):
@@ -378,9 +379,10 @@ def build_report(plan: ShowdownPlan, arms: dict[str, dict], run_seconds: float, 
             "seconds": {"this_run": run_seconds, "all_arms": compute}, "resumed": resumed}
 
 
-def report_name(plan: ShowdownPlan) -> str:
-    """``showdown`` for the pocket study in full mode; other runs carry profile and mode in the
-    name, so a fast run (the test suite's) never overwrites a full one."""
+def report_name(plan: dict) -> str:
+    """The reports' file name for a report's ``plan`` (a dict): ``showdown`` for the pocket study in
+    full mode; other runs carry profile and mode in the name, so a fast run (the test suite's)
+    never overwrites a full one."""
     suffix = ("" if plan["profile"] == "pocket" else f"-{plan['profile']}") + ("-fast" if plan["fast"] else "")
     return "showdown" + suffix
 

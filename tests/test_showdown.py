@@ -164,3 +164,26 @@ def test_paired_table_counts_the_problems_where_arms_disagree(fast_run):
     grpo, base = report["arms"]["grpo"]["per_problem"]["maj@4"], report["arms"]["base"]["per_problem"]["maj@4"]
     assert table.iloc[0, 1] == sum(g == 1 and b == 0 for g, b in zip(grpo, base))
     assert "paired 95% interval" in paired_comparison(report).children[1].value
+
+
+def test_fresh_runs_every_arm_and_samples_the_pool_again(fast_run, monkeypatch):
+    import course_lib.train.rejection_sampling as rs
+
+    profile = get_profile("pocket", fast=True)
+    saved = {arm: json.loads((fast_run / "arms-pocket-fast" / f"{arm}.json").read_text()) for arm in ARMS}
+    ran, sampled = [], []
+    real_sample_pool = rs.sample_pool
+
+    def counting_sample_pool(*args, **kwargs):
+        sampled.append(1)
+        return real_sample_pool(*args, **kwargs)
+
+    def replay(arm):
+        return lambda study: ran.append(arm) or saved[arm]
+
+    monkeypatch.setattr(rs, "sample_pool", counting_sample_pool)
+    monkeypatch.setattr(showdown, "RUNNERS", {**{arm: replay(arm) for arm in ARMS},
+                                              "orpo": lambda study: ran.append("orpo") or showdown.run_orpo(study)})
+    report = showdown.run_showdown(profile, plan_for(profile, fast=True), out_dir=fast_run, fresh=True,
+                                   progress=False, log=lambda _: None)
+    assert ran == list(ARMS) and report["resumed"] == [] and sampled == [1]
