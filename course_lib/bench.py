@@ -24,7 +24,7 @@ def bench_grpo(steps: int = 10, prompts_per_step: int = 8, group_size: int = 8, 
     from course_lib.data import train_problems
     from course_lib.models import load_model
     from course_lib.train.grpo import GRPOLoop, GRPOSettings
-    from course_lib.train.recipes import drop_printer, grpo_trainer
+    from course_lib.train.recipes import grpo_trainer
 
     profile = get_profile(profile_name, fast=False)
     setup_torch(profile, seed)
@@ -42,8 +42,7 @@ def bench_grpo(steps: int = 10, prompts_per_step: int = 8, group_size: int = 8, 
     model, tokenizer = load_model(profile)
     with tempfile.TemporaryDirectory() as out:
         trainer = grpo_trainer(profile, model, tokenizer, problems, out, settings,
-                               system_prompt=profile.system_prompt, disable_tqdm=True)
-        drop_printer(trainer)                        # no per-step log lines in the benchmark output
+                               system_prompt=profile.system_prompt, disable_tqdm=True)   # no per-step log lines
         start = time.perf_counter()
         trainer.train()
         trl_s = time.perf_counter() - start

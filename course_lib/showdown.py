@@ -292,7 +292,7 @@ def run_orpo(study: Showdown) -> dict:
 
 
 def run_grpo(study: Showdown) -> dict:
-    from course_lib.train.recipes import TRL_METRIC_NAMES, drop_printer, grpo_trainer, vllm_generation
+    from course_lib.train.recipes import TRL_METRIC_NAMES, grpo_trainer, vllm_generation
 
     g = study.plan.grpo
     vllm = vllm_generation(study.profile)
@@ -301,7 +301,6 @@ def run_grpo(study: Showdown) -> dict:
     trainer = grpo_trainer(study.profile, model, tokenizer, study.train_questions(), study.arm_dir / "grpo", g,
                            callbacks=[_history(history, TRL_METRIC_NAMES)], system_prompt=study.profile.system_prompt,
                            disable_tqdm=not study.progress, **vllm)
-    drop_printer(trainer)
     seconds, steps = _train(trainer)
     completions = g.steps * g.prompts_per_step * g.group_size
     # GRPO samples while it trains: its sampling time is inside its training time.

@@ -57,6 +57,9 @@ def test_trl_grpo_with_lora_trains_only_the_adapters_and_streams_our_metric_name
                                  reward=RewardConfig(length_weight=1.0, max_length=48, length_buffer=40))
     trainer = grpo_trainer(profile, model, tokenizer, train_problems(profile, 8, max_steps=2), tmp_path,
                            spread, callbacks=[callback], disable_tqdm=True)
+    from transformers.trainer_callback import PrinterCallback
+
+    assert not any(isinstance(c, PrinterCallback) for c in trainer.callback_handler.callbacks)   # no dict per step
     trainer.train()
     assert [r["step"] for r in rows] == [1, 2] and rows == callback.history
     for key in ("reward", "accuracy", "entropy", "completion_length", "frac_zero_std", "loss"):

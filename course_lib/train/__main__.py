@@ -125,7 +125,6 @@ def build_trainer(args: argparse.Namespace, profile, world_size: int):
         problems = train_problems(profile, args.steps * per_step // args.group_size, seed=args.seed)
         trainer = recipes.grpo_trainer(profile, model, tokenizer, problems, out, settings,
                                        system_prompt=profile.system_prompt, **vllm, **extra)
-        recipes.drop_printer(trainer)
     else:
         make_recipe, make_trainer = ((recipes.rs_recipe, recipes.sft_trainer) if args.method == "sft"
                                      else (recipes.orpo_recipe, recipes.orpo_trainer))

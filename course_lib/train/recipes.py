@@ -118,14 +118,17 @@ def grpo_trainer(profile, model, tokenizer, problems: list[dict], output_dir: st
                  system_prompt: str | None = None, **overrides):
     """A ready ``trl.GRPOTrainer``: our rewards (one function per term, weighted as in
     ``settings.reward``), our prompts, the profile's devices. ``lora``: a ``LoraConfig`` for
-    TRL to wrap the model with (leave None if the model already carries adapters)."""
+    TRL to wrap the model with (leave None if the model already carries adapters). Without
+    progress bars (``disable_tqdm=True``) no dict per step is printed either (:func:`drop_printer`)."""
     from trl import GRPOTrainer
 
     funcs, weights = trl_reward_funcs(settings.reward)
     args = grpo_config(profile, output_dir, settings, reward_weights=weights, **overrides)
-    return GRPOTrainer(model=model, reward_funcs=funcs, args=args, processing_class=tokenizer,
-                       train_dataset=problems_dataset(problems, tokenizer, system_prompt),
-                       peft_config=lora, callbacks=list(callbacks))
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, processing_class=tokenizer,
+                          train_dataset=problems_dataset(problems, tokenizer, system_prompt),
+                          peft_config=lora, callbacks=list(callbacks))
+    drop_printer(trainer)
+    return trainer
 
 
 def vllm_generation(profile) -> dict:
