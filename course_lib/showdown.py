@@ -226,7 +226,8 @@ class Showdown:
         facts = facts_probe(model, tokenizer, probe) if probe is not None else None
         budget = {**budget, "eval_seconds": time.perf_counter() - start}
         texts = [t for group in result.completions for t in group]
-        fmt = {c: float(np.mean([format_components(t)[c] for t in texts])) for c in FORMAT_COMPONENTS}
+        components = [format_components(t) for t in texts]          # once per completion, not per component
+        fmt = {c: float(np.mean([parts[c] for parts in components])) for c in FORMAT_COMPONENTS}
         names = {m: m.replace("@k", f"@{result.k}") for m in METRICS}      # "pass@k" -> "pass@8"
         return {
             "arm": arm, "label": LABELS[arm], "plan": self.plan.fingerprint(),
@@ -430,10 +431,14 @@ def changes_table(report: dict):
     """One row per trained arm: the change against the base in points, with paired 95 % intervals."""
     import pandas as pd
 
-    rows = {report["arms"][arm]["label"]: {metric: f"{c['points']:+.1f} [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}]"
-                                           for metric, c in metrics.items()}
+    rows = {report["arms"][arm]["label"]: {metric: _points(c) for metric, c in metrics.items()}
             for arm, metrics in report["changes"].items()}
     return pd.DataFrame(rows).T
+
+
+def _points(change: dict) -> str:
+    """A paired change as "+2.0 [+0.4, +3.6]" (points)."""
+    return f"{change['points']:+.1f} [{change['ci_low']:+.1f}, {change['ci_high']:+.1f}]"
 
 
 def _pct(m: dict) -> str:
@@ -458,8 +463,7 @@ def markdown_report(report: dict) -> str:
     lines += ["", "## Change against the base (points, paired 95 % interval)", "",
               "| arm | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
     for arm, changes in report["changes"].items():
-        lines.append(f"| {arms[arm]['label']} | " + " | ".join(
-            f"{c['points']:+.1f} [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}]" for c in changes.values()) + " |")
+        lines.append(f"| {arms[arm]['label']} | " + " | ".join(_points(c) for c in changes.values()) + " |")
     lines += ["", "## Budget", "", report["budget_note"], "",
               "| arm | completions generated | trained on | optimizer steps | sampling s | training s | evaluation s |",
               "|---|---|---|---|---|---|---|"]
