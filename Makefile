@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install lab test test-quick lesson bench showdown pocket-model clean
+.PHONY: install lab test lint test-quick lesson bench showdown pocket-model clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,14 @@ install: $(STAMP)
 lab: install
 	$(BIN)/jupyter lab notebooks/
 
-# The test suite runs offline: every lesson in fast mode, no hub downloads.
-test: install
+# The test suite runs offline: the lint, then every test and every lesson in fast mode, no hub downloads.
+test: install lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 COURSE_FAST=1 $(BIN)/python -m pytest
+
+# ruff: lint (course_lib, tests, notebooks) and format check (course_lib, tests); rules in pyproject.toml.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Unit tests only (skips executing the notebooks).
 test-quick: install

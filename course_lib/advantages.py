@@ -29,7 +29,8 @@ so a trainer can count them (TRL logs the share as ``frac_reward_zero_std``) or 
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -52,9 +53,13 @@ def _std(x: torch.Tensor, dim: int | None, unbiased: bool) -> torch.Tensor:
     return x.std(dim=dim, correction=1 if unbiased else 0)
 
 
-def group_advantages(rewards: Sequence[float] | torch.Tensor, group_size: int,
-                     scale: Scale = "group", eps: float = 1e-4,
-                     unbiased: bool = True) -> GroupAdvantages:
+def group_advantages(
+    rewards: Sequence[float] | torch.Tensor,
+    group_size: int,
+    scale: Scale = "group",
+    eps: float = 1e-4,
+    unbiased: bool = True,
+) -> GroupAdvantages:
     """Advantages of a flat batch of rewards, normalised within groups of ``group_size``.
 
     Args:
@@ -73,16 +78,18 @@ def group_advantages(rewards: Sequence[float] | torch.Tensor, group_size: int,
     r = torch.as_tensor(rewards)
     r = r.float() if not r.is_floating_point() else r
     if group_size < 1 or r.ndim != 1 or r.numel() % group_size:
-        raise ValueError(f"need a flat vector of rewards whose length is a multiple of group_size="
-                         f"{group_size}; got shape {tuple(r.shape)}")
+        raise ValueError(
+            f"need a flat vector of rewards whose length is a multiple of group_size="
+            f"{group_size}; got shape {tuple(r.shape)}"
+        )
     if not torch.isfinite(r).all():
         raise ValueError("rewards must be finite; a reward function returned NaN or inf")
-    groups = r.view(-1, group_size)                                      # (P, G)
-    centred = groups - groups.mean(dim=1, keepdim=True)                  # r_i - mean(group)
-    zero_variance = groups.amax(dim=1) == groups.amin(dim=1)             # (P,)
+    groups = r.view(-1, group_size)  # (P, G)
+    centred = groups - groups.mean(dim=1, keepdim=True)  # r_i - mean(group)
+    zero_variance = groups.amax(dim=1) == groups.amin(dim=1)  # (P,)
     if scale == "group":
         centred = centred / (_std(groups, 1, unbiased).unsqueeze(1) + eps)
     elif scale == "batch":
         centred = centred / (_std(r, None, unbiased) + eps)
-    advantages = centred.masked_fill(zero_variance.unsqueeze(1), 0.0)   # exact zeros, never NaN
+    advantages = centred.masked_fill(zero_variance.unsqueeze(1), 0.0)  # exact zeros, never NaN
     return GroupAdvantages(advantages.reshape(-1), zero_variance)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from course_lib.data.gsm8k import solution_steps
+from course_lib.losses import KL_ESTIMATORS, grpo_loss
 from course_lib.rewards import RewardConfig, reward_breakdown
 from course_lib.sampling import Samples
 
@@ -29,27 +31,38 @@ def reward_table(samples: Samples, problems: list[dict], config: RewardConfig = 
     for row, (text, p) in enumerate(zip(samples.texts, samples.prompt_index)):
         problem = problems[p]
         steps = problem.get("n_steps") or len(solution_steps(problem.get("solution", "")))
-        rows.append({"prompt": p, "sample": row % samples.n, "n_steps": steps,
-                     "gold": problem["answer"], "tokens": tokens[row], "text": text,
-                     **reward_breakdown(text, problem["answer"], config, length=tokens[row])})
+        rows.append(
+            {
+                "prompt": p,
+                "sample": row % samples.n,
+                "n_steps": steps,
+                "gold": problem["answer"],
+                "tokens": tokens[row],
+                "text": text,
+                **reward_breakdown(text, problem["answer"], config, length=tokens[row]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def group_summary(table: pd.DataFrame, reward: str = "total") -> pd.DataFrame:
     """One row per prompt: ``n_correct``, ``reward_mean``, ``reward_std`` (unbiased), ``zero_variance``."""
     groups = table.groupby("prompt")
-    summary = pd.DataFrame({
-        "n_steps": groups["n_steps"].first(),
-        "n_correct": groups["correct"].sum(),
-        "reward_mean": groups[reward].mean(),
-        "reward_std": groups[reward].std(),
-        "zero_variance": groups[reward].nunique() == 1,
-    })
+    summary = pd.DataFrame(
+        {
+            "n_steps": groups["n_steps"].first(),
+            "n_correct": groups["correct"].sum(),
+            "reward_mean": groups[reward].mean(),
+            "reward_std": groups[reward].std(),
+            "zero_variance": groups[reward].nunique() == 1,
+        }
+    )
     return summary
 
 
-def kl_estimator_table(shifts=(0.1, 0.25, 0.5, 1.0, 2.0), vocab: int = 10, n_samples: int = 4096,
-                       seed: int = 0) -> pd.DataFrame:
+def kl_estimator_table(
+    shifts=(0.1, 0.25, 0.5, 1.0, 2.0), vocab: int = 10, n_samples: int = 4096, seed: int = 0
+) -> pd.DataFrame:
     """k1, k2, k3 against the exact KL(pi || pi_ref) on small categorical distributions.
 
     For each ``shift``, pi_ref's logits are pi's plus ``shift`` x standard normal noise, so
@@ -57,10 +70,6 @@ def kl_estimator_table(shifts=(0.1, 0.25, 0.5, 1.0, 2.0), vocab: int = 10, n_sam
     estimator's mean and std over the ``n_samples`` tokens are compared with the exact
     sum_v pi_v (log pi_v - log ref_v). One row per (shift, estimator).
     """
-    import torch
-
-    from course_lib.losses import KL_ESTIMATORS
-
     gen = torch.Generator().manual_seed(seed)
     logits = torch.randn(vocab, generator=gen)
     logp = torch.log_softmax(logits, dim=0)
@@ -71,9 +80,17 @@ def kl_estimator_table(shifts=(0.1, 0.25, 0.5, 1.0, 2.0), vocab: int = 10, n_sam
         tokens = torch.multinomial(logp.exp(), n_samples, replacement=True, generator=gen)
         for name, estimator in KL_ESTIMATORS.items():
             values = estimator(logp[tokens], ref[tokens])
-            rows.append({"shift": shift, "exact_kl": exact, "estimator": name,
-                         "mean": float(values.mean()), "std": float(values.std()),
-                         "bias": float(values.mean()) - exact, "share_negative": float((values < 0).float().mean())})
+            rows.append(
+                {
+                    "shift": shift,
+                    "exact_kl": exact,
+                    "estimator": name,
+                    "mean": float(values.mean()),
+                    "std": float(values.std()),
+                    "bias": float(values.mean()) - exact,
+                    "share_negative": float((values < 0).float().mean()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -85,19 +102,22 @@ def kl_gradient_table(vocab: int = 6, seed: int = 0) -> pd.DataFrame:
     without the ratio factor r = pi / pi_old (value 1, gradient not). One row per variant:
     the cosine similarity and the norm of the difference to each exact gradient.
     """
-    import torch
-
-    from course_lib.losses import grpo_loss
-
     gen = torch.Generator().manual_seed(seed)
     theta = torch.randn(vocab, generator=gen, requires_grad=True)
     ref = torch.log_softmax(theta.detach() + torch.randn(vocab, generator=gen), dim=0)
 
     def penalty_grad(correction: bool) -> torch.Tensor:
         logp = torch.log_softmax(theta, dim=0)
-        out = grpo_loss(logp.unsqueeze(1), None, torch.zeros(vocab), torch.ones(vocab, 1),
-                        ref_logps=ref.unsqueeze(1), beta=1.0, kl_ratio_correction=correction)
-        expected = (out.per_token_loss.squeeze(1) * logp.exp().detach()).sum()   # E_{y ~ pi}
+        out = grpo_loss(
+            logp.unsqueeze(1),
+            None,
+            torch.zeros(vocab),
+            torch.ones(vocab, 1),
+            ref_logps=ref.unsqueeze(1),
+            beta=1.0,
+            kl_ratio_correction=correction,
+        )
+        expected = (out.per_token_loss.squeeze(1) * logp.exp().detach()).sum()  # E_{y ~ pi}
         return torch.autograd.grad(expected, theta)[0]
 
     def kl_grad(reverse: bool) -> torch.Tensor:
@@ -117,22 +137,29 @@ def kl_gradient_table(vocab: int = 6, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("penalty")
 
 
-def paired_table(report: dict, arm_a: str, arm_b: str, metric: str) -> pd.DataFrame:
-    """How two arms of a showdown report (:mod:`course_lib.showdown`) compare problem by problem.
+def paired_table(report, arm_a: str, arm_b: str, metric: str) -> pd.DataFrame:
+    """How two arms of a study report (:class:`course_lib.report.StudyReport`) compare problem by problem.
 
     For a 0/1 metric (maj@k, consistency@k; pass@k with n = k) it is the 2x2 table of
     McNemar's test: only the problems where the arms *disagree* carry information about which
     is better, which is why a paired interval is narrower than two separate ones. For a graded
     metric (per-sample accuracy) the rows are "a higher", "equal", "b higher".
     """
-    a = np.asarray(report["arms"][arm_a]["per_problem"][metric])
-    b = np.asarray(report["arms"][arm_b]["per_problem"][metric])
-    la, lb = report["arms"][arm_a]["label"], report["arms"][arm_b]["label"]
+    a = np.asarray(report.arms[arm_a].per_problem[metric])
+    b = np.asarray(report.arms[arm_b].per_problem[metric])
+    la, lb = report.arms[arm_a].label, report.arms[arm_b].label
     if set(np.unique(np.concatenate([a, b]))) <= {0.0, 1.0}:
-        table = pd.DataFrame([[int(((a == 1) & (b == 1)).sum()), int(((a == 1) & (b == 0)).sum())],
-                              [int(((a == 0) & (b == 1)).sum()), int(((a == 0) & (b == 0)).sum())]],
-                             index=[f"{la} right", f"{la} wrong"], columns=[f"{lb} right", f"{lb} wrong"])
+        table = pd.DataFrame(
+            [
+                [int(((a == 1) & (b == 1)).sum()), int(((a == 1) & (b == 0)).sum())],
+                [int(((a == 0) & (b == 1)).sum()), int(((a == 0) & (b == 0)).sum())],
+            ],
+            index=[f"{la} right", f"{la} wrong"],
+            columns=[f"{lb} right", f"{lb} wrong"],
+        )
     else:
-        table = pd.DataFrame({"problems": [int((a > b).sum()), int((a == b).sum()), int((a < b).sum())]},
-                             index=[f"{la} higher", "equal", f"{lb} higher"])
+        table = pd.DataFrame(
+            {"problems": [int((a > b).sum()), int((a == b).sum()), int((a < b).sum())]},
+            index=[f"{la} higher", "equal", f"{lb} higher"],
+        )
     return table

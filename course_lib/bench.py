@@ -16,20 +16,33 @@ import time
 
 import torch
 
+from course_lib.config import get_profile, setup_torch
+from course_lib.data import train_problems
+from course_lib.models import load_model
+from course_lib.train.grpo import GRPOLoop, GRPOSettings
+from course_lib.train.grpo_trl import grpo_trainer
 
-def bench_grpo(steps: int = 10, prompts_per_step: int = 8, group_size: int = 8, max_new_tokens: int = 160,
-               learning_rate: float = 1e-4, profile_name: str = "pocket", seed: int = 0) -> dict:
+
+def bench_grpo(
+    steps: int = 10,
+    prompts_per_step: int = 8,
+    group_size: int = 8,
+    max_new_tokens: int = 160,
+    learning_rate: float = 1e-4,
+    profile_name: str = "pocket",
+    seed: int = 0,
+) -> dict:
     """Completions per second of our loop and of TRL's trainer on the same model and settings."""
-    from course_lib.config import get_profile, setup_torch
-    from course_lib.data import train_problems
-    from course_lib.models import load_model
-    from course_lib.train.grpo import GRPOLoop, GRPOSettings
-    from course_lib.train.recipes import grpo_trainer
-
     profile = get_profile(profile_name, fast=False)
     setup_torch(profile, seed)
-    settings = GRPOSettings(steps=steps, prompts_per_step=prompts_per_step, group_size=group_size,
-                            max_new_tokens=max_new_tokens, learning_rate=learning_rate, seed=seed)
+    settings = GRPOSettings(
+        steps=steps,
+        prompts_per_step=prompts_per_step,
+        group_size=group_size,
+        max_new_tokens=max_new_tokens,
+        learning_rate=learning_rate,
+        seed=seed,
+    )
     problems = train_problems(profile, steps * prompts_per_step, seed=seed)
     completions = steps * prompts_per_step * group_size
 
@@ -41,19 +54,27 @@ def bench_grpo(steps: int = 10, prompts_per_step: int = 8, group_size: int = 8, 
 
     model, tokenizer = load_model(profile)
     with tempfile.TemporaryDirectory() as out:
-        trainer = grpo_trainer(profile, model, tokenizer, problems, out, settings,
-                               system_prompt=profile.system_prompt, disable_tqdm=True)   # no per-step log lines
+        trainer = grpo_trainer(
+            profile, model, tokenizer, problems, out, settings, system_prompt=profile.system_prompt, disable_tqdm=True
+        )  # no per-step log lines
         start = time.perf_counter()
         trainer.train()
         trl_s = time.perf_counter() - start
 
     ours, trl = completions / ours_s, completions / trl_s
-    return {"steps": steps, "completions_per_step": prompts_per_step * group_size,
-            "max_new_tokens": max_new_tokens, "threads": torch.get_num_threads(),
-            "ours_seconds": ours_s, "trl_seconds": trl_s,
-            "ours_samples_per_s": ours, "trl_samples_per_s": trl, "ratio_ours_over_trl": ours / trl,
-            "ours_mean_length": float(loop.metrics()["completion_length"].mean()),
-            "trl_mean_length": _mean_logged(trainer.state.log_history, "completions/mean_length")}
+    return {
+        "steps": steps,
+        "completions_per_step": prompts_per_step * group_size,
+        "max_new_tokens": max_new_tokens,
+        "threads": torch.get_num_threads(),
+        "ours_seconds": ours_s,
+        "trl_seconds": trl_s,
+        "ours_samples_per_s": ours,
+        "trl_samples_per_s": trl,
+        "ratio_ours_over_trl": ours / trl,
+        "ours_mean_length": float(loop.metrics()["completion_length"].mean()),
+        "trl_mean_length": _mean_logged(trainer.state.log_history, "completions/mean_length"),
+    }
 
 
 def _mean_logged(log_history: list[dict], key: str) -> float:
@@ -71,12 +92,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", default=os.environ.get("COURSE_PROFILE", "pocket"))
     args = parser.parse_args(argv)
     result = bench_grpo(args.steps, args.prompts, args.group, args.max_new_tokens, profile_name=args.profile)
-    print(f"GRPO, {result['steps']} steps x {result['completions_per_step']} completions "
-          f"(max {result['max_new_tokens']} new tokens), {result['threads']} torch threads:")
+    print(
+        f"GRPO, {result['steps']} steps x {result['completions_per_step']} completions "
+        f"(max {result['max_new_tokens']} new tokens), {result['threads']} torch threads:"
+    )
     print(f"  course_lib loop : {result['ours_samples_per_s']:6.2f} completions/s ({result['ours_seconds']:.1f} s)")
     print(f"  TRL GRPOTrainer : {result['trl_samples_per_s']:6.2f} completions/s ({result['trl_seconds']:.1f} s)")
-    print(f"  ratio (ours / TRL): {result['ratio_ours_over_trl']:.2f}  (mean completion length "
-          f"{result['ours_mean_length']:.0f} vs {result['trl_mean_length']:.0f} tokens)")
+    print(
+        f"  ratio (ours / TRL): {result['ratio_ours_over_trl']:.2f}  (mean completion length "
+        f"{result['ours_mean_length']:.0f} vs {result['trl_mean_length']:.0f} tokens)"
+    )
     return result
 
 

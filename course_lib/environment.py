@@ -8,6 +8,10 @@ import platform
 import re
 from pathlib import Path
 
+import pandas as pd
+import torch
+
+from course_lib.data.gsm8k import default_data_dir
 from course_lib.models import REPO_ROOT, pocket_model_dir
 
 _REQUIREMENTS_FILE = REPO_ROOT / "requirements.txt"
@@ -45,27 +49,30 @@ def check_environment(requirements: Path = _REQUIREMENTS_FILE):
     is reported, not failed: the GPU track pins a different trl), torch's threads
     and accelerator, the pocket checkpoint, and where GSM8K will come from.
     """
-    import pandas as pd
-
     rows = [_row("python", platform.python_version_tuple() >= ("3", "10"), platform.python_version())]
     for name, wanted in pinned_requirements(requirements).items():
         have = _installed(name)
         if have is None:
-            rows.append(_row(name, False, f"not installed; `pip install {name}=={wanted}` "
-                                          "(or `make install` for everything)"))
+            rows.append(
+                _row(name, False, f"not installed; `pip install {name}=={wanted}` (or `make install` for everything)")
+            )
         else:
             note = "" if have.split("+")[0] == wanted else f" (course pins {wanted})"
             rows.append(_row(name, True, have + note))
-    import torch
-
     cuda = torch.cuda.is_available()
     rows.append(_row("torch threads", True, f"{torch.get_num_threads()} of {os.cpu_count()} cores"))
-    rows.append(_row("GPU", None if not cuda else True,
-                     torch.cuda.get_device_name(0) if cuda else "none: the pocket track runs on the CPU"))
+    rows.append(
+        _row(
+            "GPU",
+            None if not cuda else True,
+            torch.cuda.get_device_name(0) if cuda else "none: the pocket track runs on the CPU",
+        )
+    )
     for name in _GPU_ONLY:
         have = _installed(name)
-        rows.append(_row(name, None if have is None else True,
-                         have or "GPU track only: pip install -r requirements-gpu.txt"))
+        rows.append(
+            _row(name, None if have is None else True, have or "GPU track only: pip install -r requirements-gpu.txt")
+        )
     model_dir = pocket_model_dir()
     rows.append(_row("pocket model", (model_dir / "model.safetensors").is_file(), str(model_dir)))
     rows.append(_row("GSM8K", None, _gsm8k_source()))
@@ -73,13 +80,13 @@ def check_environment(requirements: Path = _REQUIREMENTS_FILE):
 
 
 def _gsm8k_source() -> str:
-    from course_lib.data.gsm8k import default_data_dir
-
     folder = default_data_dir()
     if folder is not None and (folder / "test.jsonl").is_file():
         return f"local copy at {folder}"
-    return ("no local copy: set GSM8K_DIR to a folder with train.jsonl/test.jsonl, "
-            "or it is downloaded from the Hugging Face hub when online")
+    return (
+        "no local copy: set GSM8K_DIR to a folder with train.jsonl/test.jsonl, "
+        "or it is downloaded from the Hugging Face hub when online"
+    )
 
 
 def missing(table) -> list[str]:

@@ -23,12 +23,18 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
+import torch
 
+from course_lib.config import Profile
+from course_lib.losses import log_likelihood
 from course_lib.prompts import format_prompt
 from course_lib.rewards import answer_matches, extract_answer
+from course_lib.sampling import sample
 
 METRICS = ("per_sample_accuracy", "pass@k", "maj@k", "consistency@k")
 
@@ -72,21 +78,51 @@ def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0)
     return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
 
 
-def paired_difference(after, before, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+@dataclass(frozen=True)
+class Estimate:
+    """A metric (a share in [0, 1]) with its 95 % interval; prints in % as ``39.9 [34.9, 45.1]``."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+
+    def __str__(self) -> str:
+        return f"{100 * self.value:.1f} [{100 * self.ci_low:.1f}, {100 * self.ci_high:.1f}]"
+
+
+@dataclass(frozen=True)
+class PairedChange:
+    """``after - before`` over the same problems, in points, with its paired 95 % interval.
+
+    ``str(change)`` is the course's one way to write a change: ``+2.0 [+0.4, +3.6]``.
+    """
+
+    points: float
+    ci_low: float
+    ci_high: float
+
+    def __str__(self) -> str:
+        return f"{self.points:+.1f} [{self.ci_low:+.1f}, {self.ci_high:+.1f}]"
+
+    @property
+    def verdict(self) -> str:
+        """ "better", "worse", or "cannot tell" (the interval contains 0)."""
+        return "better" if self.ci_low > 0 else "worse" if self.ci_high < 0 else "cannot tell"
+
+
+def paired_difference(after, before, n_boot: int = 2000, seed: int = 0) -> PairedChange:
     """Mean of ``after - before`` over the same problems, in points, with a paired bootstrap
     interval: both models are resampled on the *same* problems, so problem difficulty cancels
     and the interval is narrower than two separate intervals side by side."""
     diff = 100 * (np.asarray(after, dtype=float) - np.asarray(before, dtype=float))
     low, high = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
-    return {"points": float(diff.mean()), "ci_low": low, "ci_high": high}
+    return PairedChange(float(diff.mean()), low, high)
 
 
 def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval for a proportion (better than p ± 1.96·se near 0 or 1)."""
     if n == 0:
         return (math.nan, math.nan)
-    from statistics import NormalDist
-
     z = NormalDist().inv_cdf(1 - alpha / 2)
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
@@ -102,14 +138,19 @@ def score_problems(problems: list[dict], completions: list[list[str]], k: int) -
             raise ValueError(f"need at least k={k} samples per problem, got {len(texts)}")
         answers = [extract_answer(t) for t in texts]
         correct = [answer_matches(a, problem["answer"]) for a in answers]
-        rows.append({
-            "question": problem["question"], "answer": problem["answer"],
-            "predictions": answers, "n": len(texts), "n_correct": sum(correct),
-            "per_sample_accuracy": sum(correct) / len(texts),
-            "pass@k": pass_at_k(len(texts), sum(correct), k),
-            "maj@k": float(maj_at_k(answers, problem["answer"], k)),
-            "consistency@k": float(consistency_at_k(correct, k)),
-        })
+        rows.append(
+            {
+                "question": problem["question"],
+                "answer": problem["answer"],
+                "predictions": answers,
+                "n": len(texts),
+                "n_correct": sum(correct),
+                "per_sample_accuracy": sum(correct) / len(texts),
+                "pass@k": pass_at_k(len(texts), sum(correct), k),
+                "maj@k": float(maj_at_k(answers, problem["answer"], k)),
+                "consistency@k": float(consistency_at_k(correct, k)),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -118,15 +159,22 @@ def summarize(per_problem: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
     rows = []
     for metric in METRICS:
         low, high = bootstrap_ci(per_problem[metric], seed=seed)
-        rows.append({"metric": metric.replace("@k", f"@{k}"), "value": float(per_problem[metric].mean()),
-                     "ci_low": low, "ci_high": high, "n_problems": len(per_problem)})
+        rows.append(
+            {
+                "metric": metric.replace("@k", f"@{k}"),
+                "value": float(per_problem[metric].mean()),
+                "ci_low": low,
+                "ci_high": high,
+                "n_problems": len(per_problem),
+            }
+        )
     return pd.DataFrame(rows).set_index("metric")
 
 
 @dataclass
 class EvalResult:
-    summary: pd.DataFrame       # metric -> value, ci_low, ci_high
-    per_problem: pd.DataFrame   # one row per problem
+    summary: pd.DataFrame  # metric -> value, ci_low, ci_high
+    per_problem: pd.DataFrame  # one row per problem
     completions: list[list[str]]
     k: int
 
@@ -134,49 +182,83 @@ class EvalResult:
         """e.g. ``result.value("pass@8")``."""
         return float(self.summary.loc[metric, "value"])
 
+    def estimate(self, metric: str) -> Estimate:
+        """The metric with its 95 % interval, e.g. ``result.estimate("pass@8")``."""
+        row = self.summary.loc[metric]
+        return Estimate(float(row["value"]), float(row["ci_low"]), float(row["ci_high"]))
 
-def evaluate(model, tokenizer, problems: list[dict], k: int = 8, *, n: int | None = None,
-             temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 200,
-             batch_size: int = 64, seed: int = 0, system_prompt: str | None = None,
-             progress: bool = True) -> EvalResult:
+
+def evaluate(
+    model,
+    tokenizer,
+    problems: list[dict],
+    k: int = 8,
+    *,
+    n: int | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 200,
+    batch_size: int = 64,
+    seed: int = 0,
+    system_prompt: str | None = None,
+    progress: bool = True,
+) -> EvalResult:
     """Sample ``n`` (default k) completions per problem and score them."""
-    from course_lib.sampling import sample
-
     prompts = [format_prompt(tokenizer, p["question"], system_prompt) for p in problems]
-    samples = sample(model, tokenizer, prompts, n=n or k, temperature=temperature, top_p=top_p,
-                     max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-                     progress=progress)
+    samples = sample(
+        model,
+        tokenizer,
+        prompts,
+        n=n or k,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+    )
     completions = samples.grouped_texts()
     per_problem = score_problems(problems, completions, k)
     return EvalResult(summarize(per_problem, k, seed), per_problem, completions, k)
 
 
-def evaluate_profile(model, tokenizer, problems: list[dict], profile, seed: int = 0,
-                     progress: bool = True) -> EvalResult:
+def evaluate_profile(
+    model, tokenizer, problems: list[dict], profile: Profile, seed: int = 0, progress: bool = True
+) -> EvalResult:
     """:func:`evaluate` with the profile's k, temperature, token budget, batch size and system
     prompt: the one evaluation every before/after table of the course runs, so that tables of
     different lessons compare like with like."""
-    return evaluate(model, tokenizer, problems, k=profile.eval_k, temperature=profile.temperature,
-                    max_new_tokens=profile.max_new_tokens, batch_size=profile.sample_batch_size, seed=seed,
-                    system_prompt=profile.system_prompt, progress=progress)
+    return evaluate(
+        model,
+        tokenizer,
+        problems,
+        k=profile.eval_k,
+        temperature=profile.temperature,
+        max_new_tokens=profile.max_new_tokens,
+        batch_size=profile.sample_batch_size,
+        seed=seed,
+        system_prompt=profile.system_prompt,
+        progress=progress,
+    )
 
 
 def before_after(before: EvalResult, after: EvalResult) -> pd.DataFrame:
     """One row per metric: ``before``, ``after`` with its 95% interval, and the change in points."""
-    table = before.summary[["value"]].rename(columns={"value": "before"}).join(
-        after.summary[["value", "ci_low", "ci_high"]].rename(columns={"value": "after"}))
+    table = (
+        before.summary[["value"]]
+        .rename(columns={"value": "before"})
+        .join(after.summary[["value", "ci_low", "ci_high"]].rename(columns={"value": "after"}))
+    )
     table["change (points)"] = 100 * (table["after"] - table["before"])
     return table
 
 
-def _summary_path(name: str, profile, runs_dir) -> "Path":
-    from pathlib import Path
-
-    mode = f"{profile.n_eval_problems}x{profile.eval_k}"      # fast mode evaluates fewer problems
+def _summary_path(name: str, profile: Profile, runs_dir) -> Path:
+    mode = f"{profile.n_eval_problems}x{profile.eval_k}"  # fast mode evaluates fewer problems
     return Path(runs_dir) / f"{name}-{profile.name}-{mode}.csv"
 
 
-def save_summary(result: EvalResult, name: str, profile, runs_dir="runs") -> "Path":
+def save_summary(result: EvalResult, name: str, profile: Profile, runs_dir="runs") -> Path:
     """Write ``result.summary`` where later lessons find it: one file per run name, profile and
     evaluation size (so a fast-mode run never lands in a full-mode table). Returns the path."""
     path = _summary_path(name, profile, runs_dir)
@@ -185,7 +267,7 @@ def save_summary(result: EvalResult, name: str, profile, runs_dir="runs") -> "Pa
     return path
 
 
-def saved_values(names: dict[str, str], profile, runs_dir="runs") -> dict[str, pd.Series]:
+def saved_values(names: dict[str, str], profile: Profile, runs_dir="runs") -> dict[str, pd.Series]:
     """``{label: metric values}`` for the runs of ``names`` (``{label: run name}``) that were saved
     by :func:`save_summary` with this profile and evaluation size; runs not found are left out."""
     found = {}
@@ -204,19 +286,20 @@ def facts_probe(model, tokenizer, probe: list[dict]) -> dict[str, float]:
     scores highest. Returns ``accuracy``, ``chance`` and ``mean_gold_logprob`` (a
     smooth measure that moves before accuracy does: useful for spotting forgetting).
     """
-    import torch
-
-    from course_lib.losses import sequence_logprob
-
     correct, gold_logps, chance = 0, [], []
     for item in probe:
         prompt = format_prompt(tokenizer, item["question"])
         candidates = list(item["candidates"].items())
-        scores = sequence_logprob(model, tokenizer, [prompt] * len(candidates),
-                                  [text + tokenizer.eos_token for _, text in candidates])
+        scores = log_likelihood(
+            model, tokenizer, [prompt] * len(candidates), [text + tokenizer.eos_token for _, text in candidates]
+        )
         best = candidates[int(torch.argmax(scores))][0]
         correct += best == item["answer"]
         gold_logps.append(float(scores[[v for v, _ in candidates].index(item["answer"])]))
         chance.append(1 / len(candidates))
-    return {"accuracy": correct / len(probe), "chance": float(np.mean(chance)),
-            "mean_gold_logprob": float(np.mean(gold_logps)), "n_items": len(probe)}
+    return {
+        "accuracy": correct / len(probe),
+        "chance": float(np.mean(chance)),
+        "mean_gold_logprob": float(np.mean(gold_logps)),
+        "n_items": len(probe),
+    }

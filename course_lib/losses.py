@@ -9,12 +9,17 @@ the course is written in terms of these per-token log-probs.
 
 The GRPO loss (lesson 04) for completion i, token t, with advantage A_i:
 
-    r_it      = exp(logp_it - old_it)                          ratio to pi_old (the sampler)
-    surrogate = min(r_it * A_i, clip(r_it, 1 - eps_low, 1 + eps_high) * A_i)
-    l_it      = -surrogate + beta * k3(pi || pi_ref)_it         pi_ref: a frozen copy, not pi_old
+    r_it = exp(logp_it - old_it)                                   ratio to pi_old (the sampler)
+    l_it = -min(r_it A_i, clip(r_it, 1 - eps_low, 1 + eps_high) A_i)   :func:`clipped_surrogate`
+           + beta * r_it * k3(pi || pi_ref)_it                      :func:`kl_penalty` (pi_ref: frozen, not pi_old)
+    loss = sum_{i,t} m_it l_it / normaliser                         :func:`aggregate` (``LOSS_TYPES``)
 
-then aggregated over tokens and completions (``LOSS_TYPES``). The same formulas as TRL's
+:func:`grpo_loss` composes these pieces and :func:`loss_metrics`. The same formulas as TRL's
 ``GRPOTrainer._compute_loss``; ``tests/test_losses.py`` checks that they agree to 1e-6.
+
+Two names not to mix up: :func:`log_likelihood` gives log pi(y | x) summed over a completion's
+tokens, one number per sequence (B,); :func:`per_token_logprobs` gives every token's log-prob
+of whole sequences (B, L-1), what the preference losses take.
 
 The preference losses of lesson 08 work on pairs (chosen y_w, rejected y_l) of one prompt:
 ORPO (SFT on y_w plus -log sigmoid of the log-odds ratio, no reference model) and DPO
@@ -33,6 +38,7 @@ LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 # --------------------------------------------------------------------------- log-probs
 
+
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log_softmax(logits)[targets]: (B, T, V) logits and (B, T) ids -> (B, T) log-probs."""
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -44,9 +50,14 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
-def completion_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                      completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                      temperature: float = 1.0) -> torch.Tensor:
+def completion_logits(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
     """The logits (divided by ``temperature``) that predict each completion token: (B, T, V).
 
     Shapes: ``prompt_ids``/``prompt_mask`` (B, P), left-padded; ``completion_ids``/
@@ -59,12 +70,17 @@ def completion_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     # The logit at position i predicts token i+1: keep the ones that predict the completion.
-    return logits[:, prompt_ids.shape[1] - 1:-1] / temperature
+    return logits[:, prompt_ids.shape[1] - 1 : -1] / temperature
 
 
-def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                        completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                        temperature: float = 1.0) -> torch.Tensor:
+def completion_logprobs(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
     """Per-token log-probs of the completions, masked: (B, T), zero where the mask is 0."""
     logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
     return token_logprobs(logits, completion_ids) * completion_mask
@@ -72,30 +88,31 @@ def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
 
 def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids and attention mask, (B, P) each, on ``device``."""
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
-                    padding_side="left")
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
 def samples_inputs(tokenizer, samples, device="cpu") -> dict[str, torch.Tensor]:
     """The four tensors a loss needs for ``samples`` (one row per completion), on ``device``:
     ``prompt_ids``/``prompt_mask`` (N, P) and ``completion_ids``/``completion_mask`` (N, T)."""
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, [samples.prompts[i] for i in samples.prompt_index],
-                                             device)
-    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
-            "completion_ids": samples.completion_ids.to(device),
-            "completion_mask": samples.completion_mask.to(device)}
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, [samples.prompts[i] for i in samples.prompt_index], device)
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": samples.completion_ids.to(device),
+        "completion_mask": samples.completion_mask.to(device),
+    }
 
 
 @torch.no_grad()
-def sequence_logprob(model, tokenizer, prompts: list[str], completions: list[str]) -> torch.Tensor:
+def log_likelihood(model, tokenizer, prompts: list[str], completions: list[str]) -> torch.Tensor:
     """log pi(completion | prompt) summed over the completion's tokens: (B,) float32."""
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
-    completion = tokenizer(completions, return_tensors="pt", padding=True, add_special_tokens=False,
-                           padding_side="right").to(device)
-    logps = completion_logprobs(model, prompt_ids, prompt_mask,
-                                completion["input_ids"], completion["attention_mask"])
+    completion = tokenizer(
+        completions, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="right"
+    ).to(device)
+    logps = completion_logprobs(model, prompt_ids, prompt_mask, completion["input_ids"], completion["attention_mask"])
     return logps.sum(dim=1).cpu()
 
 
@@ -105,8 +122,9 @@ def samples_logprobs(model, tokenizer, samples, temperature: float = 1.0) -> tor
     The same numbers as ``samples.logprobs`` when ``model`` is the model that sampled them
     (up to float error), but differentiable: the quantity a policy-gradient loss pushes on.
     """
-    return completion_logprobs(model, **samples_inputs(tokenizer, samples, next(model.parameters()).device),
-                               temperature=temperature)
+    return completion_logprobs(
+        model, **samples_inputs(tokenizer, samples, next(model.parameters()).device), temperature=temperature
+    )
 
 
 # --------------------------------------------------------------------------- KL estimators
@@ -115,6 +133,7 @@ def samples_logprobs(model, tokenizer, samples, temperature: float = 1.0) -> tor
 #   k1 = -d                 unbiased, high variance, negative on some tokens
 #   k2 = d^2 / 2            biased, low variance, always >= 0
 #   k3 = exp(d) - d - 1     unbiased, low variance, always >= 0   (GRPO, TRL)
+
 
 def kl_k1(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """k1 = log pi - log pi_ref, per token (any shape)."""
@@ -141,112 +160,189 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- the GRPO loss
+# Four short pieces, composed by grpo_loss: the clipped surrogate (policy term), the KL term,
+# the aggregation over tokens and completions (one normaliser), and the metrics.
+
 
 @dataclass
 class GRPOLoss:
-    loss: torch.Tensor               # scalar, differentiable: call .backward() on it
-    per_token_loss: torch.Tensor     # (B, T) l_it before aggregation (not masked)
-    metrics: dict[str, float]        # clip fractions, kl, entropy, ratio, policy loss
+    loss: torch.Tensor  # scalar, differentiable: call .backward() on it
+    per_token_loss: torch.Tensor  # (B, T) l_it before aggregation (not masked)
+    metrics: dict[str, float]  # clip fractions, kl, entropy, ratio, policy loss
 
 
-def aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str,
-              max_completion_length: int | None = None, num_sequences: int | None = None,
-              num_tokens: float | None = None) -> torch.Tensor:
+def clipped_surrogate(
+    ratio: torch.Tensor, advantages: torch.Tensor, epsilon_low: float = 0.2, epsilon_high: float = 0.2
+) -> torch.Tensor:
+    """The policy term of l_it: -min(r_it A_i, clip(r_it, 1 - eps_low, 1 + eps_high) A_i).
+
+    Args:
+        ratio: (B, T) r_it = pi(y_it) / pi_old(y_it).
+        advantages: (B, 1) or (B, T), one A_i per completion broadcast over its tokens.
+    Returns:
+        (B, T) per-token policy loss. Where the clip binds on the profitable side (A > 0 and
+        r > 1 + eps_high, or A < 0 and r < 1 - eps_low) the clipped term is the minimum, a
+        constant in r: no gradient flows there.
+    """
+    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
+    return -torch.min(ratio * advantages, clipped * advantages)
+
+
+def kl_penalty(logps: torch.Tensor, ref_logps: torch.Tensor, ratio: torch.Tensor | None = None) -> torch.Tensor:
+    """The KL term of l_it: k3(pi || pi_ref) per token, times r_it when ``ratio`` is given.
+
+    Args:
+        logps, ref_logps: (B, T) log-probs of the sampled tokens under pi and the frozen pi_ref.
+        ratio: (B, T) r_it, or None. r_it is 1 in value on-policy but not in gradient: with it,
+            E_pi[grad (r k3)] is the gradient of the reverse KL(pi || pi_ref); without it, the
+            gradient of the forward KL(pi_ref || pi) (``analysis.kl_gradient_table`` shows both).
+    Returns:
+        (B, T) per-token KL estimates.
+    """
+    per_token_kl = kl_k3(logps, ref_logps)
+    return per_token_kl if ratio is None else per_token_kl * ratio
+
+
+def aggregate(
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str,
+    max_completion_length: int | None = None,
+    num_sequences: int | None = None,
+    num_tokens: float | None = None,
+) -> torch.Tensor:
     """Reduce l_it (B, T) to a scalar. With |o_i| the length of completion i, m the mask:
 
     * ``grpo``:    (1/B) sum_i (1/|o_i|) sum_t l_it    each completion weighs the same, so a
       token of a long completion weighs less: the length bias of the original GRPO.
-    * ``bnpo``:    sum_{i,t} m l_it / sum_{i,t} m     token mean over this batch.
+    * ``bnpo``:    sum_{i,t} m l_it / N_tokens        token mean over the batch.
     * ``dr_grpo``: sum_{i,t} m l_it / (B * L_max)     a constant normaliser (Dr. GRPO).
     * ``dapo``:    sum_{i,t} m l_it / N_tokens        token mean over the whole generation batch.
 
-    ``num_sequences`` (B) and ``num_tokens`` (N_tokens) default to this batch's; pass the
-    whole batch's counts when the loss is computed in micro-batches so that they add up.
-    With one batch, ``bnpo`` and ``dapo`` are the same number.
+    The normaliser is the one count below the fraction bar: B (``num_sequences``), N_tokens
+    (``num_tokens``) or B * L_max. Both default to this tensor's; a loop that splits a batch
+    into micro-batches passes the whole batch's counts, so that the micro-batches' losses
+    (and gradients) add up to the batch's. ``bnpo`` and ``dapo`` then give the same number: in
+    TRL they differ only across processes and gradient-accumulation steps (bnpo divides by
+    each micro-batch's own tokens, dapo by the whole generation batch's).
     """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+    if loss_type == "dr_grpo" and max_completion_length is None:
+        raise ValueError("loss_type='dr_grpo' needs max_completion_length (its constant normaliser)")
     mask = mask.to(per_token_loss.dtype)
     num_sequences = per_token_loss.shape[0] if num_sequences is None else num_sequences
-    masked = per_token_loss * mask
+    num_tokens = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=mask.dtype)
+    masked = per_token_loss * mask  # (B, T), 0 on padding
     if loss_type == "grpo":
-        return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).sum() / num_sequences
-    if loss_type == "bnpo":
-        return masked.sum() / mask.sum().clamp(min=1.0)
+        per_sequence = masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (B,) mean over each o_i
+        return per_sequence.sum() / num_sequences
     if loss_type == "dr_grpo":
-        if max_completion_length is None:
-            raise ValueError("loss_type='dr_grpo' needs max_completion_length (its constant normaliser)")
         return masked.sum() / (num_sequences * max_completion_length)
-    if loss_type == "dapo":
-        num_tokens = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=mask.dtype)
-        return masked.sum() / num_tokens.clamp(min=1.0)
-    raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+    return masked.sum() / num_tokens.clamp(min=1.0)  # bnpo, dapo
 
 
-def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, advantages: torch.Tensor,
-              mask: torch.Tensor, *, ref_logps: torch.Tensor | None = None, beta: float = 0.0,
-              epsilon_low: float = 0.2, epsilon_high: float | None = None, loss_type: str = "dapo",
-              max_completion_length: int | None = None, num_sequences: int | None = None,
-              num_tokens: float | None = None, entropy: torch.Tensor | None = None,
-              kl_ratio_correction: bool = True) -> GRPOLoss:
-    """The clipped GRPO objective, negated (a loss to minimise).
+def loss_metrics(
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    loss: torch.Tensor,
+    epsilon_low: float,
+    epsilon_high: float,
+    per_token_kl: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """What a GRPO step logs, as token means over the mask (TRL's names).
 
-    Shapes: ``logps`` (B, T) under the policy being trained (with gradients); ``old_logps``
-    (B, T) under pi_old, the policy that sampled the batch (None: the same as ``logps``,
-    detached, i.e. mu = 1); ``advantages`` (B,) or (B, T); ``mask`` (B, T); ``ref_logps``
-    (B, T) under the frozen reference pi_ref, needed when ``beta > 0``; ``entropy`` (B, T),
-    only reported.
+    ``clip_ratio/low``: r < 1 - eps_low where A < 0; ``clip_ratio/high``: r > 1 + eps_high
+    where A > 0; ``clip_ratio/region``: either (the tokens whose gradient the clip stopped);
+    ``ratio``, ``kl`` (when ``per_token_kl`` is given), ``entropy`` (when given) and
+    ``policy_loss`` (the aggregated loss). Shapes: ``ratio``, ``mask``, ``per_token_kl``,
+    ``entropy`` (B, T); ``advantages`` (B, 1) or (B, T).
+    """
+    with torch.no_grad():
+        mask_f = mask.float()
+        low = ((ratio < 1 - epsilon_low) & (advantages < 0)).float()
+        high = ((ratio > 1 + epsilon_high) & (advantages > 0)).float()
+        metrics = {
+            "policy_loss": float(loss),
+            "ratio": float(masked_mean(ratio, mask_f)),
+            "clip_ratio/low": float(masked_mean(low, mask_f)),
+            "clip_ratio/high": float(masked_mean(high, mask_f)),
+            "clip_ratio/region": float(masked_mean(torch.maximum(low, high), mask_f)),
+        }
+        if per_token_kl is not None:
+            metrics["kl"] = float(masked_mean(per_token_kl, mask_f))
+        if entropy is not None:
+            metrics["entropy"] = float(masked_mean(entropy, mask_f))
+    return metrics
+
+
+def grpo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ref_logps: torch.Tensor | None = None,
+    beta: float = 0.0,
+    epsilon_low: float = 0.2,
+    epsilon_high: float | None = None,
+    loss_type: str = "dapo",
+    max_completion_length: int | None = None,
+    num_sequences: int | None = None,
+    num_tokens: float | None = None,
+    entropy: torch.Tensor | None = None,
+    kl_ratio_correction: bool = True,
+) -> GRPOLoss:
+    """The clipped GRPO objective, negated (a loss to minimise):
 
         r_it = exp(logp_it - old_it)
-        l_it = -min(r_it A_i, clip(r_it, 1 - eps_low, 1 + eps_high) A_i) + beta r_it k3_it
+        l_it = clipped_surrogate(r_it, A_i) + beta * r_it * k3_it           (kl_penalty)
+        loss = aggregate(l_it)                                               (one normaliser)
 
-    aggregated by :func:`aggregate`. The factor r_it on the KL term (``kl_ratio_correction``,
-    on by default as in TRL 1.16, from DeepSeek-V3.2) makes its gradient the unbiased gradient
-    of the reverse KL(pi || pi_ref): without it, E_pi[grad k3] is the gradient of the forward
-    KL(pi_ref || pi). r_it is 1 in value on-policy but not in gradient. ``epsilon_high`` defaults to ``epsilon_low`` (DAPO's
-    "clip-higher" sets it larger, e.g. 0.28). Metrics are token means over the mask:
-    ``clip_ratio/low`` (r < 1 - eps_low where A < 0), ``clip_ratio/high`` (r > 1 + eps_high
-    where A > 0), ``clip_ratio/region`` (either), ``kl`` (r k3 or k3, when ``ref_logps`` is given),
-    ``entropy``, ``ratio`` and ``policy_loss``.
+    Args:
+        logps: (B, T) log-probs of the sampled tokens under the policy being trained (with gradients).
+        old_logps: (B, T) under pi_old, the policy that sampled the batch; None means mu = 1:
+            pi_old is the current policy, so ``logps.detach()`` is used and r = 1 in value.
+        advantages: (B,) one per completion, or (B, T).
+        mask: (B, T) 1 on completion tokens (EOS included), 0 on padding.
+        ref_logps: (B, T) under the frozen reference pi_ref (needed when ``beta > 0``; when
+            given with ``beta = 0`` the KL is still measured, not trained on).
+        epsilon_high: defaults to ``epsilon_low`` (DAPO's "clip-higher" sets it larger, e.g. 0.28).
+        max_completion_length, num_sequences, num_tokens: the normaliser (:func:`aggregate`).
+        entropy: (B, T), only reported.
+        kl_ratio_correction: the factor r_it on the KL term (on by default as in TRL 1.16, from
+            DeepSeek-V3.2): see :func:`kl_penalty`.
+    Returns:
+        :class:`GRPOLoss` (the scalar loss, l_it, and :func:`loss_metrics`).
     """
     epsilon_high = epsilon_low if epsilon_high is None else epsilon_high
     if beta != 0.0 and ref_logps is None:
         raise ValueError("beta > 0 needs ref_logps: log-probs of the same tokens under the frozen reference")
     if old_logps is None:
-        old_logps = logps.detach()
+        old_logps = logps.detach()  # mu = 1: pi_old is pi
     if advantages.dim() == 1:
-        advantages = advantages.unsqueeze(1)                            # (B, 1): one A per completion
+        advantages = advantages.unsqueeze(1)  # (B, 1): one A per completion
 
-    ratio = torch.exp(logps - old_logps)                                # r_it, 1 at the first inner step
-    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
-    per_token_loss = -torch.min(ratio * advantages, clipped * advantages)
+    ratio = torch.exp(logps - old_logps)  # (B, T) r_it, 1 at the first inner step
+    per_token_loss = clipped_surrogate(ratio, advantages, epsilon_low, epsilon_high)  # (B, T)
+    per_token_kl = None
     if ref_logps is not None:
-        per_token_kl = kl_k3(logps, ref_logps)
-        if kl_ratio_correction:
-            per_token_kl = per_token_kl * ratio
+        per_token_kl = kl_penalty(logps, ref_logps, ratio if kl_ratio_correction else None)  # (B, T)
     if beta != 0.0:
         per_token_loss = per_token_loss + beta * per_token_kl
     loss = aggregate(per_token_loss, mask, loss_type, max_completion_length, num_sequences, num_tokens)
-
-    with torch.no_grad():
-        mask_f = mask.float()
-        low = ((ratio < 1 - epsilon_low) & (advantages < 0)).float()
-        high = ((ratio > 1 + epsilon_high) & (advantages > 0)).float()
-        metrics = {"policy_loss": float(loss),
-                   "ratio": float(masked_mean(ratio, mask_f)),
-                   "clip_ratio/low": float(masked_mean(low, mask_f)),
-                   "clip_ratio/high": float(masked_mean(high, mask_f)),
-                   "clip_ratio/region": float(masked_mean(torch.maximum(low, high), mask_f))}
-        if ref_logps is not None:
-            metrics["kl"] = float(masked_mean(per_token_kl, mask_f))
-        if entropy is not None:
-            metrics["entropy"] = float(masked_mean(entropy, mask_f))
+    metrics = loss_metrics(ratio, advantages, mask, loss, epsilon_low, epsilon_high, per_token_kl, entropy)
     return GRPOLoss(loss, per_token_loss, metrics)
 
 
 # --------------------------------------------------------------------------- preference losses
 # Lesson 08. A preference pair is one prompt x with a chosen completion y_w (here: a correct
 # sample) and a rejected one y_l (a wrong sample of the same prompt). Both losses below take
-# per-token log-probs of whole sequences, (B, L-1) from :func:`sequence_logprobs`, and masks
+# per-token log-probs of whole sequences, (B, L-1) from :func:`per_token_logprobs`, and masks
 # of the same shape that pick the completion's tokens, so the caller decides what counts.
+
 
 def encode_sequences(tokenizer, prompts: list[str], completions: list[str], device="cpu") -> dict[str, torch.Tensor]:
     """prompt + completion + EOS as one right-padded row each: ``input_ids``, ``attention_mask``
@@ -269,11 +365,14 @@ def encode_sequences(tokenizer, prompts: list[str], completions: list[str], devi
     input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
     attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
     completion_mask = torch.tensor([m + [0] * (width - len(m)) for m in marks])
-    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
-            "completion_mask": completion_mask.to(device)}
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention_mask.to(device),
+        "completion_mask": completion_mask.to(device),
+    }
 
 
-def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def per_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """log pi(x_t | x_<t) for every token after the first: (B, L) ids -> (B, L-1) log-probs.
 
     Column j is the log-prob of token j+1, so a (B, L) token mask ``m`` lines up as ``m[:, 1:]``.
@@ -295,8 +394,8 @@ def log_odds(mean_logp: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class PreferenceLoss:
-    loss: torch.Tensor               # scalar, differentiable
-    per_pair_loss: torch.Tensor      # (B,) the preference term of each pair
+    loss: torch.Tensor  # scalar, differentiable
+    per_pair_loss: torch.Tensor  # (B,) the preference term of each pair
     metrics: dict[str, float]
 
 
@@ -306,12 +405,18 @@ def _per_sequence(logps: torch.Tensor, mask: torch.Tensor, mean: bool) -> torch.
     return total / mask.sum(dim=1).clamp(min=1) if mean else total
 
 
-def orpo_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_logps: torch.Tensor,
-              rejected_mask: torch.Tensor, beta: float = 0.1, nll_mask: torch.Tensor | None = None) -> PreferenceLoss:
+def orpo_loss(
+    chosen_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    beta: float = 0.1,
+    nll_mask: torch.Tensor | None = None,
+) -> PreferenceLoss:
     """ORPO (Hong et al. 2024): supervised fine-tuning plus an odds-ratio penalty, no reference model.
 
     Shapes: ``chosen_logps``/``rejected_logps`` (B, T) per-token log-probs (e.g. from
-    :func:`sequence_logprobs`); the masks (B, T) pick the completion's tokens. With
+    :func:`per_token_logprobs`); the masks (B, T) pick the completion's tokens. With
     l_w, l_l the *mean* per-token log-probs of the chosen and rejected completions:
 
         log odds(y)  = l - log(1 - exp(l))                           (odds = p / (1 - p), p = e^l)
@@ -325,23 +430,35 @@ def orpo_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_lo
     TRL's ``beta`` is this ``beta`` (the paper's lambda). Metrics follow TRL's names.
     """
     nll_mask = chosen_mask if nll_mask is None else nll_mask
-    mean_chosen = _per_sequence(chosen_logps.float(), chosen_mask, mean=True)        # l_w (B,)
+    mean_chosen = _per_sequence(chosen_logps.float(), chosen_mask, mean=True)  # l_w (B,)
     mean_rejected = _per_sequence(rejected_logps.float(), rejected_mask, mean=True)  # l_l (B,)
-    log_odds_ratio = log_odds(mean_chosen) - log_odds(mean_rejected)                  # (B,)
-    per_pair = -torch.nn.functional.logsigmoid(log_odds_ratio)                        # L_OR (B,)
-    nll = -masked_mean(chosen_logps.float(), nll_mask.float())                        # L_SFT
+    log_odds_ratio = log_odds(mean_chosen) - log_odds(mean_rejected)  # (B,)
+    per_pair = -torch.nn.functional.logsigmoid(log_odds_ratio)  # L_OR (B,)
+    nll = -masked_mean(chosen_logps.float(), nll_mask.float())  # L_SFT
     loss = nll + beta * per_pair.mean()
     with torch.no_grad():
-        metrics = {"loss": float(loss), "nll_loss": float(nll), "or_loss": float(per_pair.mean()),
-                   "log_odds_ratio": float(-per_pair.mean()), "log_odds_chosen": float(log_odds_ratio.mean()),
-                   "logps/chosen": float(mean_chosen.mean()), "logps/rejected": float(mean_rejected.mean()),
-                   "rewards/accuracies": float((mean_chosen > mean_rejected).float().mean())}
+        metrics = {
+            "loss": float(loss),
+            "nll_loss": float(nll),
+            "or_loss": float(per_pair.mean()),
+            "log_odds_ratio": float(-per_pair.mean()),
+            "log_odds_chosen": float(log_odds_ratio.mean()),
+            "logps/chosen": float(mean_chosen.mean()),
+            "logps/rejected": float(mean_rejected.mean()),
+            "rewards/accuracies": float((mean_chosen > mean_rejected).float().mean()),
+        }
     return PreferenceLoss(loss, per_pair, metrics)
 
 
-def dpo_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_logps: torch.Tensor,
-             rejected_mask: torch.Tensor, ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
-             beta: float = 0.1) -> PreferenceLoss:
+def dpo_loss(
+    chosen_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+) -> PreferenceLoss:
     """DPO (Rafailov et al. 2023), the sigmoid loss, for comparison with ORPO.
 
     Shapes as :func:`orpo_loss`; ``ref_*`` (B, T) are the same tokens' log-probs under the
@@ -358,13 +475,16 @@ def dpo_loss(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_log
     rejected = _per_sequence(rejected_logps.float(), rejected_mask, mean=False)
     ref_chosen = _per_sequence(ref_chosen_logps.float(), chosen_mask, mean=False)
     ref_rejected = _per_sequence(ref_rejected_logps.float(), rejected_mask, mean=False)
-    margin = (chosen - ref_chosen) - (rejected - ref_rejected)                       # h (B,)
+    margin = (chosen - ref_chosen) - (rejected - ref_rejected)  # h (B,)
     per_pair = -torch.nn.functional.logsigmoid(beta * margin)
     loss = per_pair.mean()
     with torch.no_grad():
         reward_chosen, reward_rejected = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
-        metrics = {"loss": float(loss), "rewards/chosen": float(reward_chosen.mean()),
-                   "rewards/rejected": float(reward_rejected.mean()),
-                   "rewards/margins": float((reward_chosen - reward_rejected).mean()),
-                   "rewards/accuracies": float((reward_chosen > reward_rejected).float().mean())}
+        metrics = {
+            "loss": float(loss),
+            "rewards/chosen": float(reward_chosen.mean()),
+            "rewards/rejected": float(reward_rejected.mean()),
+            "rewards/margins": float((reward_chosen - reward_rejected).mean()),
+            "rewards/accuracies": float((reward_chosen > reward_rejected).float().mean()),
+        }
     return PreferenceLoss(loss, per_pair, metrics)

@@ -30,8 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import pandas as pd
+import torch
 
-GB = 1024 ** 3
+GB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -58,23 +59,36 @@ class ModelShape:
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer in one block (Llama / Qwen2 names)."""
         h, kv, i = self.hidden_size, self.kv_dim, self.intermediate_size
-        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return {
+            "q_proj": (h, h),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (h, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
     @property
     def n_params(self) -> int:
         """Weights, counting tied input/output embeddings once (biases of Qwen's q/k/v ignored)."""
-        per_layer = sum(a * b for a, b in self.linear_shapes().values()) + 2 * self.hidden_size   # + 2 RMSNorms
+        per_layer = sum(a * b for a, b in self.linear_shapes().values()) + 2 * self.hidden_size  # + 2 RMSNorms
         embeddings = self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2)
         return self.n_layers * per_layer + embeddings + self.hidden_size
 
     @classmethod
-    def from_config(cls, config, name: str | None = None) -> "ModelShape":
+    def from_config(cls, config, name: str | None = None) -> ModelShape:
         """From a transformers ``PretrainedConfig`` (e.g. ``model.config``)."""
-        return cls(name or getattr(config, "name_or_path", "model") or "model", config.hidden_size,
-                   config.num_hidden_layers, config.num_attention_heads,
-                   getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
-                   config.intermediate_size, config.vocab_size, bool(getattr(config, "tie_word_embeddings", False)))
+        return cls(
+            name or getattr(config, "name_or_path", "model") or "model",
+            config.hidden_size,
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+            config.intermediate_size,
+            config.vocab_size,
+            bool(getattr(config, "tie_word_embeddings", False)),
+        )
 
 
 # The shapes of the models the course uses (from their config.json files).
@@ -91,19 +105,19 @@ MODELS: dict[str, ModelShape] = {
 class TrainingSetup:
     """One way of training: precision, adapter, ZeRO, batch and sequence sizes."""
 
-    precision: str = "bf16"              # "bf16" (mixed precision, fp32 master weights) or "fp32"
-    lora_rank: int | None = 16           # None: full fine-tuning
+    precision: str = "bf16"  # "bf16" (mixed precision, fp32 master weights) or "fp32"
+    lora_rank: int | None = 16  # None: full fine-tuning
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    zero_stage: int = 0                  # 0 (plain data parallel), 1, 2 or 3
-    offload_optimizer: bool = False      # ZeRO-Offload: optimizer states and update on the CPU
-    offload_params: bool = False         # ZeRO-3 only: weights on the CPU too
+    zero_stage: int = 0  # 0 (plain data parallel), 1, 2 or 3
+    offload_optimizer: bool = False  # ZeRO-Offload: optimizer states and update on the CPU
+    offload_params: bool = False  # ZeRO-3 only: weights on the CPU too
     n_gpus: int = 1
-    micro_batch: int = 1                 # sequences per forward/backward on one GPU
-    seq_len: int = 512                   # prompt + completion tokens
+    micro_batch: int = 1  # sequences per forward/backward on one GPU
+    seq_len: int = 512  # prompt + completion tokens
     gradient_checkpointing: bool = False
-    grpo_completions: int = 0            # P x G sequences sampled per step (0: no generation, e.g. SFT)
-    reference_model: bool = False        # a separate frozen copy for the KL term (full fine-tuning, beta > 0)
-    overhead_gb: float = 0.0             # CUDA context and allocator slack, if you want them counted
+    grpo_completions: int = 0  # P x G sequences sampled per step (0: no generation, e.g. SFT)
+    reference_model: bool = False  # a separate frozen copy for the KL term (full fine-tuning, beta > 0)
+    overhead_gb: float = 0.0  # CUDA context and allocator slack, if you want them counted
 
     def __post_init__(self):
         if self.precision not in ("bf16", "fp32"):
@@ -149,25 +163,33 @@ def estimate(shape: ModelShape, setup: TrainingSetup) -> pd.DataFrame:
     n, w, g = shape.n_params, setup.bytes_per_weight, setup.n_gpus
     full = setup.lora_rank is None
     trained = n if full else lora_params(shape, setup.lora_rank, setup.lora_targets)
-    adapter = 0 if full else trained * w                              # LoRA's own weights, beside the frozen ones
+    adapter = 0 if full else trained * w  # LoRA's own weights, beside the frozen ones
     weights = 0 if setup.offload_params else (n * w + adapter) / (g if setup.zero_stage == 3 else 1)
     grads = trained * w / (g if setup.zero_stage >= 2 else 1)
     if setup.offload_optimizer:
-        grads = 0                                                     # streamed to the CPU bucket by bucket
-    states = trained * (12 if setup.precision == "bf16" else 8)       # Adam m, v (+ fp32 master copy)
+        grads = 0  # streamed to the CPU bucket by bucket
+    states = trained * (12 if setup.precision == "bf16" else 8)  # Adam m, v (+ fp32 master copy)
     optimizer = 0 if setup.offload_optimizer else states / (g if setup.zero_stage >= 1 else 1)
     tokens = setup.micro_batch * setup.seq_len
     per_layer = activation_elements_per_token(shape, setup) * w
-    if setup.gradient_checkpointing:      # only each layer's input is kept; one layer is recomputed at a time
+    if setup.gradient_checkpointing:  # only each layer's input is kept; one layer is recomputed at a time
         activations, recomputed = tokens * shape.n_layers * shape.hidden_size * w, tokens * per_layer
     else:
         activations, recomputed = tokens * shape.n_layers * per_layer, 0
-    logits = tokens * shape.vocab_size * 4 * 2                        # fp32 logits and their log-softmax
+    logits = tokens * shape.vocab_size * 4 * 2  # fp32 logits and their log-softmax
     kv_cache = setup.grpo_completions * setup.seq_len * shape.n_layers * 2 * shape.kv_dim * w
     reference = n * w if setup.reference_model else 0
-    parts = {"weights": weights, "gradients": grads, "optimizer": optimizer, "activations": activations,
-             "recomputed layer (backward)": recomputed, "logits": logits, "KV cache (generation)": kv_cache,
-             "reference model": reference, "overhead": setup.overhead_gb * GB}
+    parts = {
+        "weights": weights,
+        "gradients": grads,
+        "optimizer": optimizer,
+        "activations": activations,
+        "recomputed layer (backward)": recomputed,
+        "logits": logits,
+        "KV cache (generation)": kv_cache,
+        "reference model": reference,
+        "overhead": setup.overhead_gb * GB,
+    }
     table = pd.DataFrame({"GB": {k: v / GB for k, v in parts.items()}})
     table.loc["total"] = table["GB"].sum()
     return table
@@ -181,12 +203,16 @@ def seed_002_ladder(shape: ModelShape = MODELS["Qwen2.5-1.5B"], **common) -> pd.
     """Seed 002's steps for a 1.5B model on one GPU (full, LoRA, + ZeRO-2, + CPU offload) with our
     estimate of each, next to the figures seed 002 quoted (24, 16, 12 and 8 GB)."""
     base = TrainingSetup(lora_rank=None, micro_batch=1, gradient_checkpointing=True, **common)
-    steps = {"full fine-tuning": (base, 24),
-             "LoRA r=16": (replace(base, lora_rank=16), 16),
-             "LoRA + ZeRO-2": (replace(base, lora_rank=16, zero_stage=2), 12),
-             "LoRA + ZeRO-2 + CPU offload": (replace(base, lora_rank=16, zero_stage=2, offload_optimizer=True), 8)}
-    rows = {name: {"seed 002 (GB)": quoted, **estimate(shape, setup)["GB"].round(3).to_dict()}
-            for name, (setup, quoted) in steps.items()}
+    steps = {
+        "full fine-tuning": (base, 24),
+        "LoRA r=16": (replace(base, lora_rank=16), 16),
+        "LoRA + ZeRO-2": (replace(base, lora_rank=16, zero_stage=2), 12),
+        "LoRA + ZeRO-2 + CPU offload": (replace(base, lora_rank=16, zero_stage=2, offload_optimizer=True), 8),
+    }
+    rows = {
+        name: {"seed 002 (GB)": quoted, **estimate(shape, setup)["GB"].round(3).to_dict()}
+        for name, (setup, quoted) in steps.items()
+    }
     return pd.DataFrame(rows).T
 
 
@@ -197,8 +223,6 @@ def measure(model, input_ids, gradient_checkpointing: bool = False) -> dict[str,
     pass and the loss (weights it saves are not counted twice; with checkpointing, the layer recomputed
     during the backward pass is not among them). Leaves the model's weights changed.
     """
-    import torch
-
     params = list({id(p): p for p in model.parameters()}.values())
     param_storages = {p.untyped_storage().data_ptr() for p in params}
     saved: dict[int, int] = {}
@@ -219,10 +243,18 @@ def measure(model, input_ids, gradient_checkpointing: bool = False) -> dict[str,
     activations = sum(saved.values())
     loss.backward()
     optimizer.step()
-    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-                if torch.is_tensor(t) and t.dim() > 0)               # not the scalar step counters
+    state = sum(
+        t.numel() * t.element_size()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if torch.is_tensor(t) and t.dim() > 0
+    )  # not the scalar step counters
     if gradient_checkpointing:
         model.gradient_checkpointing_disable()
-    return {"weights": sum(p.numel() * p.element_size() for p in params),
-            "gradients": sum(p.grad.numel() * p.grad.element_size() for p in trained),
-            "optimizer": state, "activations_and_logits": activations, "trained_params": sum(p.numel() for p in trained)}
+    return {
+        "weights": sum(p.numel() * p.element_size() for p in params),
+        "gradients": sum(p.grad.numel() * p.grad.element_size() for p in trained),
+        "optimizer": state,
+        "activations_and_logits": activations,
+        "trained_params": sum(p.numel() for p in trained),
+    }

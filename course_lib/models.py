@@ -1,11 +1,22 @@
-"""Loading models: the shipped pocket model offline, or a profile's model by name."""
+"""Loading models: the shipped pocket model offline, a profile's model by name, or a policy to train.
+
+A policy is the model plus, optionally, LoRA adapters (:func:`lora_config`): Unsloth's
+``FastLanguageModel`` where CUDA exists and the profile asks for it, transformers + PEFT
+everywhere else.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import os
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from course_lib.config import Profile, import_unsloth_first, uses_unsloth
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POCKET_MODEL_DIR = REPO_ROOT / "data" / "pocket_model"
@@ -23,20 +34,19 @@ def load_pocket_model(path: str | Path | None = None, device: str = "cpu"):
 
     Returns ``(model, tokenizer)``; the model is in eval mode, float32.
     """
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
     path = Path(path) if path is not None else pocket_model_dir()
     if not (path / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"No pocket model at {path} (model.safetensors missing). It ships with the course "
             "under data/pocket_model; restore it with `git checkout -- data/pocket_model`, or "
-            "train it again with `python -m course_lib.pocket.pretrain` (about 40 minutes on 2 cores).")
+            "train it again with `python -m course_lib.pocket.pretrain` (about 40 minutes on 2 cores)."
+        )
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = LlamaForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     return model.to(device).eval(), tokenizer
 
 
-def load_model(profile):
+def load_model(profile: Profile):
     """The profile's model and tokenizer: the pocket model, or a hub model by name.
 
     A hub model is read from the local cache when ``HF_HUB_OFFLINE=1``; the error
@@ -44,25 +54,23 @@ def load_model(profile):
     """
     if profile.model_name == "pocket":
         return load_pocket_model(device=profile.device)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     device = profile.device if profile.device != "cuda" or torch.cuda.is_available() else "cpu"
     try:
         tokenizer = AutoTokenizer.from_pretrained(profile.model_name)
         model = AutoModelForCausalLM.from_pretrained(profile.model_name, dtype=getattr(torch, profile.dtype))
     except OSError as e:
-        raise OSError(f"Could not load {profile.model_name!r} ({e}). On a machine with network, "
-                      "unset HF_HUB_OFFLINE so it downloads once; offline, use the 'pocket' profile.") from e
+        raise OSError(
+            f"Could not load {profile.model_name!r} ({e}). On a machine with network, "
+            "unset HF_HUB_OFFLINE so it downloads once; offline, use the 'pocket' profile."
+        ) from e
     _pad_left(tokenizer)
     return model.to(device).eval(), tokenizer
 
 
-def load_teacher(profile):
+def load_teacher(profile: Profile):
     """The profile's teacher for distillation (lesson 07): the pocket teacher (the same
     architecture trained 3x longer, data/pocket_teacher), or a larger hub model of the same
     family on the GPU profile. Returns ``(model, tokenizer)`` in eval mode, for sampling only."""
-    import dataclasses
-
     if profile.teacher_model is None:
         raise ValueError(f"profile {profile.name!r} names no teacher_model to distil from")
     if profile.teacher_model == "pocket_teacher":
@@ -77,30 +85,52 @@ def _pad_left(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
+# The adapter of Yiqiao Yin's GRPO tutorial: the attention projections.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def lora_config(
+    r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: tuple[str, ...] = LORA_TARGETS
+) -> LoraConfig:
+    """A PEFT ``LoraConfig`` for a causal LM: W + (alpha / r) B A on each target module."""
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     """Distinct parameters (tied input/output embeddings counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def policy_backend(profile) -> str:
+def policy_backend(profile: Profile) -> str:
     """``"unsloth"`` when the profile asks for it and CUDA exists, else ``"transformers"``.
 
     Unsloth 2026.10.9 imports on a CPU-only machine but its kernels need CUDA, so the
     decision is made on ``torch.cuda.is_available()``, not on whether the import works.
     """
-    return "unsloth" if profile.use_unsloth and torch.cuda.is_available() else "transformers"
+    return "unsloth" if uses_unsloth(profile) else "transformers"
 
 
 def vllm_available() -> bool:
     """Whether vLLM can serve generation here: CUDA and an installed ``vllm`` (GPU extras)."""
-    import importlib.util
-
     return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
 
 
-def load_policy(profile, lora=None, max_seq_length: int = 1024, seed: int = 0, fast_inference: bool = False):
+def load_policy(
+    profile: Profile,
+    lora: LoraConfig | None = None,
+    max_seq_length: int = 1024,
+    seed: int = 0,
+    fast_inference: bool = False,
+):
     """The model to train and its tokenizer, with LoRA adapters when ``lora`` (a PEFT
-    ``LoraConfig``, e.g. :func:`course_lib.train.recipes.lora_config`) is given.
+    ``LoraConfig``, e.g. :func:`lora_config`) is given.
 
     With CUDA and ``profile.use_unsloth``: Unsloth's ``FastLanguageModel`` (its fast kernels
     and its own LoRA wrapper; import Unsloth before transformers/trl/peft, which
@@ -111,36 +141,36 @@ def load_policy(profile, lora=None, max_seq_length: int = 1024, seed: int = 0, f
     """
     backend = policy_backend(profile)
     if backend == "unsloth":
-        FastLanguageModel = import_unsloth_first().FastLanguageModel
+        FastLanguageModel = import_unsloth_first(profile).FastLanguageModel
         model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=profile.model_name, max_seq_length=max_seq_length,
-            dtype=getattr(torch, profile.dtype), load_in_4bit=False,
-            **(dict(fast_inference=True, max_lora_rank=lora.r if lora is not None else 16)
-               if fast_inference and vllm_available() else {}))
+            model_name=profile.model_name,
+            max_seq_length=max_seq_length,
+            dtype=getattr(torch, profile.dtype),
+            load_in_4bit=False,
+            **(
+                dict(fast_inference=True, max_lora_rank=lora.r if lora is not None else 16)
+                if fast_inference and vllm_available()
+                else {}
+            ),
+        )
         if lora is not None:
             model = FastLanguageModel.get_peft_model(
-                model, r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                target_modules=sorted(lora.target_modules), bias="none",
-                use_gradient_checkpointing="unsloth", random_state=seed)
+                model,
+                r=lora.r,
+                lora_alpha=lora.lora_alpha,
+                lora_dropout=lora.lora_dropout,
+                target_modules=sorted(lora.target_modules),
+                bias="none",
+                use_gradient_checkpointing="unsloth",
+                random_state=seed,
+            )
         _pad_left(tokenizer)
     else:
         model, tokenizer = load_model(profile)
         if lora is not None:
-            from peft import get_peft_model
-
-            torch.manual_seed(seed)           # the adapters' random init
+            torch.manual_seed(seed)  # the adapters' random init
             model = get_peft_model(model, lora)
     adapters = f"LoRA r={lora.r}, alpha={lora.lora_alpha}" if lora is not None else "full fine-tuning"
     why = "" if backend == "unsloth" else (" (no CUDA: Unsloth skipped)" if profile.use_unsloth else "")
     print(f"policy: {profile.model_name} via {backend}{why}, {adapters}, on {next(model.parameters()).device}")
     return model, tokenizer
-
-
-def import_unsloth_first():
-    """Import Unsloth (only where CUDA exists), which must come before transformers, trl
-    and peft so that it can patch them. Returns the module, or None without CUDA."""
-    if not torch.cuda.is_available():
-        return None
-    import unsloth
-
-    return unsloth

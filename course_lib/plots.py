@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -12,10 +14,12 @@ def length_histograms(named_records: dict[str, list[dict]], field: str = "questi
     """Overlaid histograms of word counts of ``field``, one trace per data set (normalised)."""
     fig = go.Figure()
     for name, records in named_records.items():
-        fig.add_histogram(x=[len(r[field].split()) for r in records], name=name,
-                          histnorm="probability", opacity=0.6, nbinsx=40)
-    fig.update_layout(barmode="overlay", xaxis_title=f"words in {field}", yaxis_title="share",
-                      title=f"How long is a {field}?")
+        fig.add_histogram(
+            x=[len(r[field].split()) for r in records], name=name, histnorm="probability", opacity=0.6, nbinsx=40
+        )
+    fig.update_layout(
+        barmode="overlay", xaxis_title=f"words in {field}", yaxis_title="share", title=f"How long is a {field}?"
+    )
     return fig
 
 
@@ -25,8 +29,9 @@ def steps_bar(named_steps: dict[str, list[int]]) -> go.Figure:
     for name, steps in named_steps.items():
         counts = {s: steps.count(s) / len(steps) for s in sorted(set(steps))}
         fig.add_bar(x=list(counts), y=list(counts.values()), name=name)
-    fig.update_layout(xaxis_title="solution steps", yaxis_title="share", barmode="group",
-                      title="How many steps does a solution take?")
+    fig.update_layout(
+        xaxis_title="solution steps", yaxis_title="share", barmode="group", title="How many steps does a solution take?"
+    )
     return fig
 
 
@@ -38,12 +43,18 @@ def metrics_bar(named_summaries: dict, title: str = "Evaluation") -> go.Figure:
     """
     fig = go.Figure()
     for name, table in named_summaries.items():
-        fig.add_bar(x=list(table.index), y=table["value"], name=name,
-                    error_y={"type": "data", "symmetric": False,
-                             "array": table["ci_high"] - table["value"],
-                             "arrayminus": table["value"] - table["ci_low"]})
-    fig.update_layout(barmode="group", yaxis_range=[0, 1], yaxis_title="share of problems",
-                      title=title)
+        fig.add_bar(
+            x=list(table.index),
+            y=table["value"],
+            name=name,
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": table["ci_high"] - table["value"],
+                "arrayminus": table["value"] - table["ci_low"],
+            },
+        )
+    fig.update_layout(barmode="group", yaxis_range=[0, 1], yaxis_title="share of problems", title=title)
     return fig
 
 
@@ -51,21 +62,30 @@ def accuracy_by_steps(per_problem, steps: list[int], metric: str = "per_sample_a
     """Mean of a per-problem metric grouped by the problem's number of steps."""
     frame = per_problem.assign(steps=steps).groupby("steps")[metric].mean()
     fig = go.Figure(go.Bar(x=list(frame.index), y=list(frame.values)))
-    fig.update_layout(xaxis_title="solution steps", yaxis_title=metric, yaxis_range=[0, 1],
-                      title=f"{metric} falls with the number of steps")
+    fig.update_layout(
+        xaxis_title="solution steps",
+        yaxis_title=metric,
+        yaxis_range=[0, 1],
+        title=f"{metric} falls with the number of steps",
+    )
     return fig
 
 
-def training_curves(keys: tuple[str, ...] = ("loss",), title: str = "Training",
-                    cols: int = 3) -> go.FigureWidget:
+def training_curves(keys: tuple[str, ...] = ("loss",), title: str = "Training", cols: int = 3) -> go.FigureWidget:
     """An empty live figure with one subplot per logged key (``cols`` per row); fill it
     with :func:`append_point`."""
     cols = min(cols, len(keys))
     rows = -(-len(keys) // cols)
     fig = go.FigureWidget(make_subplots(rows=rows, cols=cols, subplot_titles=keys))
     for i, key in enumerate(keys):
-        fig.add_scatter(x=[], y=[], mode="lines+markers" if key != "loss" else "lines",
-                        name=key, row=i // cols + 1, col=i % cols + 1)
+        fig.add_scatter(
+            x=[],
+            y=[],
+            mode="lines+markers" if key != "loss" else "lines",
+            name=key,
+            row=i // cols + 1,
+            col=i % cols + 1,
+        )
     fig.update_layout(title=title, showlegend=False, height=280 * rows + 40)
     return fig
 
@@ -107,12 +127,19 @@ def advantage_bars(rewards, advantages, group_size: int, title: str = "Rewards a
     x = list(range(1, len(rewards) + 1))
     fig = go.Figure()
     fig.add_bar(x=x, y=rewards, name="reward r_i", marker_color="#90a4ae")
-    fig.add_bar(x=x, y=advantages, name="advantage A_i",
-                marker_color=["#2e7d32" if a > 0 else "#c62828" for a in advantages])
+    fig.add_bar(
+        x=x, y=advantages, name="advantage A_i", marker_color=["#2e7d32" if a > 0 else "#c62828" for a in advantages]
+    )
     for boundary in range(group_size, len(rewards), group_size):
         fig.add_vline(x=boundary + 0.5, line_dash="dot", line_color="grey")
-    fig.update_layout(barmode="group", title=title, xaxis_title="completion",
-                      yaxis_title="value", height=360, legend={"orientation": "h", "y": 1.12})
+    fig.update_layout(
+        barmode="group",
+        title=title,
+        xaxis_title="completion",
+        yaxis_title="value",
+        height=360,
+        legend={"orientation": "h", "y": 1.12},
+    )
     return fig
 
 
@@ -135,9 +162,12 @@ def difficulty_weights(group_size: int, eps: float = 1e-4, unbiased: bool = True
             totals.append(adv.abs().sum().item())
         middle = totals[group_size // 2]
         fig.add_scatter(x=correct, y=[t / middle for t in totals], mode="lines+markers", name=name)
-    fig.update_layout(title=f"Push on a group of {group_size}, relative to a half-right group",
-                      xaxis_title="correct completions in the group",
-                      yaxis_title="sum of |A_i| / same for c = G/2", height=360)
+    fig.update_layout(
+        title=f"Push on a group of {group_size}, relative to a half-right group",
+        xaxis_title="correct completions in the group",
+        yaxis_title="sum of |A_i| / same for c = G/2",
+        height=360,
+    )
     return fig
 
 
@@ -148,10 +178,14 @@ def component_shares(table, components: tuple[str, ...], by: str = "correct") ->
     """
     fig = go.Figure()
     for value, rows in table.groupby(by):
-        fig.add_bar(x=list(components), y=[rows[c].mean() for c in components],
-                    name=f"{by} = {value} ({len(rows)})")
-    fig.update_layout(barmode="group", yaxis_range=[0, 1], yaxis_title="share of completions",
-                      title="Which completions earn the format components?", height=360)
+        fig.add_bar(x=list(components), y=[rows[c].mean() for c in components], name=f"{by} = {value} ({len(rows)})")
+    fig.update_layout(
+        barmode="group",
+        yaxis_range=[0, 1],
+        yaxis_title="share of completions",
+        title="Which completions earn the format components?",
+        height=360,
+    )
     return fig
 
 
@@ -160,32 +194,62 @@ def kl_estimators(table) -> go.Figure:
     :func:`course_lib.analysis.kl_estimator_table`."""
     fig = go.Figure()
     exact = table.drop_duplicates("shift")
-    fig.add_scatter(x=exact["exact_kl"], y=exact["exact_kl"], name="exact KL", mode="lines",
-                    line={"color": "black", "dash": "dash"})
+    fig.add_scatter(
+        x=exact["exact_kl"], y=exact["exact_kl"], name="exact KL", mode="lines", line={"color": "black", "dash": "dash"}
+    )
     for name, part in table.groupby("estimator"):
-        fig.add_scatter(x=part["exact_kl"], y=part["mean"], name=f"{name} (mean ± std)", mode="markers+lines",
-                        error_y={"type": "data", "array": part["std"], "visible": True})
-    fig.update_layout(title="KL estimators against the exact KL(π‖π_ref)", xaxis_title="exact KL",
-                      yaxis_title="estimate per token", height=380)
+        fig.add_scatter(
+            x=part["exact_kl"],
+            y=part["mean"],
+            name=f"{name} (mean ± std)",
+            mode="markers+lines",
+            error_y={"type": "data", "array": part["std"], "visible": True},
+        )
+    fig.update_layout(
+        title="KL estimators against the exact KL(π‖π_ref)",
+        xaxis_title="exact KL",
+        yaxis_title="estimate per token",
+        height=380,
+    )
     return fig
 
 
 def clip_objective(epsilon_low: float = 0.2, epsilon_high: float = 0.2, advantage: float = 1.0) -> go.Figure:
     """The clipped surrogate min(r A, clip(r, 1-eps_low, 1+eps_high) A) against the ratio r,
     for A > 0 and A < 0. Where the curve is flat the gradient is zero: that token is clipped."""
-    import numpy as np
-
     r = np.linspace(0.0, 2.0, 401)
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"A = +{abs(advantage):g}", f"A = -{abs(advantage):g}"))
     for col, a in ((1, abs(advantage)), (2, -abs(advantage))):
         surrogate = np.minimum(r * a, np.clip(r, 1 - epsilon_low, 1 + epsilon_high) * a)
         flat = (a > 0) & (r > 1 + epsilon_high) | (a < 0) & (r < 1 - epsilon_low)
-        fig.add_scatter(x=r, y=r * a, name="r·A (unclipped)", line={"dash": "dot", "color": "grey"},
-                        showlegend=col == 1, row=1, col=col)
-        fig.add_scatter(x=r, y=surrogate, name="min(r·A, clip(r)·A)", line={"color": "#1565c0", "width": 3},
-                        showlegend=col == 1, row=1, col=col)
-        fig.add_scatter(x=r[flat], y=surrogate[flat], name="clipped: zero gradient", mode="markers",
-                        marker={"color": "#c62828", "size": 3}, showlegend=col == 1, row=1, col=col)
+        fig.add_scatter(
+            x=r,
+            y=r * a,
+            name="r·A (unclipped)",
+            line={"dash": "dot", "color": "grey"},
+            showlegend=col == 1,
+            row=1,
+            col=col,
+        )
+        fig.add_scatter(
+            x=r,
+            y=surrogate,
+            name="min(r·A, clip(r)·A)",
+            line={"color": "#1565c0", "width": 3},
+            showlegend=col == 1,
+            row=1,
+            col=col,
+        )
+        fig.add_scatter(
+            x=r[flat],
+            y=surrogate[flat],
+            name="clipped: zero gradient",
+            mode="markers",
+            marker={"color": "#c62828", "size": 3},
+            showlegend=col == 1,
+            row=1,
+            col=col,
+        )
         fig.add_vline(x=1.0, line_color="black", line_width=1, row=1, col=col)
     fig.update_xaxes(title_text="ratio r = π/π_old")
     fig.update_layout(title=f"The clip region (ε_low = {epsilon_low}, ε_high = {epsilon_high})", height=360)
@@ -196,13 +260,17 @@ def token_weights(lengths: list[int], max_completion_length: int) -> go.Figure:
     """The weight each token of each completion gets in the loss, per aggregation:
     grpo 1/(B |o_i|), dapo (= bnpo on one batch) 1/sum|o_j|, dr_grpo 1/(B L_max)."""
     batch, total = len(lengths), sum(lengths)
-    weights = {"grpo": [1 / (batch * n) for n in lengths], "dapo / bnpo": [1 / total] * batch,
-               "dr_grpo": [1 / (batch * max_completion_length)] * batch}
+    weights = {
+        "grpo": [1 / (batch * n) for n in lengths],
+        "dapo / bnpo": [1 / total] * batch,
+        "dr_grpo": [1 / (batch * max_completion_length)] * batch,
+    }
     fig = go.Figure()
     for name, w in weights.items():
         fig.add_bar(x=[f"|o|={n}" for n in lengths], y=w, name=name)
-    fig.update_layout(barmode="group", title="Weight of one token, by completion length",
-                      yaxis_title="weight per token", height=340)
+    fig.update_layout(
+        barmode="group", title="Weight of one token, by completion length", yaxis_title="weight per token", height=340
+    )
     return fig
 
 
@@ -213,10 +281,23 @@ def yield_per_round(named_yields: dict) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("share of questions / samples", "samples kept for SFT"))
     for name, table in named_yields.items():
         rounds = list(table.index)
-        fig.add_scatter(x=rounds, y=table["solved_share"], name=f"{name}: questions solved (≥1 of k)",
-                        mode="lines+markers", row=1, col=1)
-        fig.add_scatter(x=rounds, y=table["correct_share"], name=f"{name}: samples correct",
-                        mode="lines+markers", line={"dash": "dot"}, row=1, col=1)
+        fig.add_scatter(
+            x=rounds,
+            y=table["solved_share"],
+            name=f"{name}: questions solved (≥1 of k)",
+            mode="lines+markers",
+            row=1,
+            col=1,
+        )
+        fig.add_scatter(
+            x=rounds,
+            y=table["correct_share"],
+            name=f"{name}: samples correct",
+            mode="lines+markers",
+            line={"dash": "dot"},
+            row=1,
+            col=1,
+        )
         fig.add_bar(x=rounds, y=table["kept"], name=f"{name}: kept", row=1, col=2)
     fig.update_xaxes(title_text="round", dtick=1)
     fig.update_yaxes(range=[0, 1], row=1, col=1)
@@ -230,13 +311,12 @@ def odds_vs_probability(p_rejected: float = 0.5) -> go.Figure:
     log(odds(p_w) / odds(p_l)), odds(p) = p / (1 - p), for a fixed rejected p_l (left); and the
     ORPO term -log sigmoid(log-odds ratio) (right). The odds ratio keeps growing as p_w -> 1
     while the probability ratio saturates at log(1 / p_l)."""
-    import numpy as np
-
     p = np.linspace(0.01, 0.99, 197)
     log_prob_ratio = np.log(p / p_rejected)
     log_odds_ratio = np.log(p / (1 - p)) - np.log(p_rejected / (1 - p_rejected))
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"ratios, p_l = {p_rejected:g}",
-                                                        "ORPO's penalty −log σ(log-odds ratio)"))
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=(f"ratios, p_l = {p_rejected:g}", "ORPO's penalty −log σ(log-odds ratio)")
+    )
     fig.add_scatter(x=p, y=log_prob_ratio, name="log(p_w / p_l)", row=1, col=1)
     fig.add_scatter(x=p, y=log_odds_ratio, name="log(odds_w / odds_l)", row=1, col=1)
     fig.add_scatter(x=p, y=np.log1p(np.exp(-log_odds_ratio)), name="L_OR", row=1, col=2)
@@ -248,56 +328,75 @@ def odds_vs_probability(p_rejected: float = 0.5) -> go.Figure:
 
 # --------------------------------------------------------------------------- the showdown (lesson 09)
 
-def _arm_summaries(report: dict) -> dict:
-    """``{label: summary table}`` (metric -> value, ci_low, ci_high) for each arm of a showdown report."""
-    import pandas as pd
-
-    return {r["label"]: pd.DataFrame(r["metrics"]).T for r in report["arms"].values()}
+# Each takes a study report (:class:`course_lib.report.StudyReport`).
 
 
-def showdown_metrics(report: dict) -> go.Figure:
+def _arm_summaries(report) -> dict:
+    """``{label: summary table}`` (metric -> value, ci_low, ci_high) for each arm of a study report."""
+    return {r.label: pd.DataFrame({m: vars(e) for m, e in r.metrics.items()}).T for r in report.arms.values()}
+
+
+def showdown_metrics(report) -> go.Figure:
     """Every metric of every arm, with its 95% interval (:func:`metrics_bar` on the report)."""
     return metrics_bar(_arm_summaries(report), title="The showdown: every arm on the same test problems")
 
 
-def showdown_changes(report: dict) -> go.Figure:
+def showdown_changes(report) -> go.Figure:
     """Each trained arm's change against the base, in points, with its paired 95% interval:
     an interval that crosses the zero line is a change the study cannot tell from noise."""
     fig = go.Figure()
-    for arm, changes in report["changes"].items():
+    for arm, changes in report.changes.items():
         metrics = list(changes)
-        points = [changes[m]["points"] for m in metrics]
-        fig.add_scatter(x=metrics, y=points, mode="markers", name=report["arms"][arm]["label"], marker_size=11,
-                        error_y={"type": "data", "symmetric": False,
-                                 "array": [changes[m]["ci_high"] - p for m, p in zip(metrics, points)],
-                                 "arrayminus": [p - changes[m]["ci_low"] for m, p in zip(metrics, points)]})
+        points = [changes[m].points for m in metrics]
+        fig.add_scatter(
+            x=metrics,
+            y=points,
+            mode="markers",
+            name=report.arms[arm].label,
+            marker_size=11,
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [changes[m].ci_high - p for m, p in zip(metrics, points)],
+                "arrayminus": [p - changes[m].ci_low for m, p in zip(metrics, points)],
+            },
+        )
     fig.add_hline(y=0, line_dash="dot")
-    fig.update_layout(scattermode="group", yaxis_title="change against the base (points)",
-                      title="What each method changed (paired intervals: same problems, same seeds)")
+    fig.update_layout(
+        scattermode="group",
+        yaxis_title="change against the base (points)",
+        title="What each method changed (paired intervals: same problems, same seeds)",
+    )
     return fig
 
 
-def showdown_budget(report: dict) -> go.Figure:
+def showdown_budget(report) -> go.Figure:
     """Seconds per arm, stacked by phase: sampling the training pool, training, evaluating."""
-    arms = list(report["arms"].values())
+    arms = list(report.arms.values())
     fig = go.Figure()
-    for key, name in (("sample_seconds", "sampling the pool"), ("train_seconds", "training"),
-                      ("eval_seconds", "evaluation")):
-        fig.add_bar(x=[r["label"] for r in arms], y=[r["budget"][key] for r in arms], name=name)
-    fig.update_layout(barmode="stack", yaxis_title="seconds",
-                      title="Where the time went (SFT-RS and ORPO share one pool, sampled once)")
+    for key, name in (
+        ("sample_seconds", "sampling the pool"),
+        ("train_seconds", "training"),
+        ("eval_seconds", "evaluation"),
+    ):
+        fig.add_bar(x=[r.label for r in arms], y=[getattr(r.budget, key) for r in arms], name=name)
+    fig.update_layout(
+        barmode="stack",
+        yaxis_title="seconds",
+        title="Where the time went (SFT-RS and ORPO share one pool, sampled once)",
+    )
     return fig
 
 
-def showdown_forgetting(report: dict) -> go.Figure:
+def showdown_forgetting(report) -> go.Figure:
     """The facts probe (the pocket model's second skill) after each arm: did maths training
     make it forget? Accuracy on the left, mean log-prob of the right answer on the right."""
-    arms = [r for r in report["arms"].values() if r["facts"]]
+    arms = [r for r in report.arms.values() if r.facts]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("facts probe accuracy", "mean log-prob of the gold answer"))
-    labels = [r["label"] for r in arms]
-    fig.add_bar(x=labels, y=[r["facts"]["accuracy"] for r in arms], row=1, col=1, showlegend=False)
-    fig.add_bar(x=labels, y=[r["facts"]["mean_gold_logprob"] for r in arms], row=1, col=2, showlegend=False)
-    fig.add_hline(y=arms[0]["facts"]["chance"], line_dash="dot", annotation_text="chance", row=1, col=1)
+    labels = [r.label for r in arms]
+    fig.add_bar(x=labels, y=[r.facts.accuracy for r in arms], row=1, col=1, showlegend=False)
+    fig.add_bar(x=labels, y=[r.facts.mean_gold_logprob for r in arms], row=1, col=2, showlegend=False)
+    fig.add_hline(y=arms[0].facts.chance, line_dash="dot", annotation_text="chance", row=1, col=1)
     fig.update_yaxes(range=[0, 1], row=1, col=1)
     fig.update_layout(title="Forgetting: the second skill after maths training")
     return fig
@@ -314,8 +413,14 @@ def history_curves(rows: list[dict], keys: tuple[str, ...], title: str = "Traini
     fig = make_subplots(rows=n_rows, cols=cols, subplot_titles=keys)
     for i, key in enumerate(keys):
         points = [(row["step"], row[key]) for row in rows if key in row]
-        fig.add_scatter(x=[s for s, _ in points], y=[v for _, v in points], mode="lines+markers", name=key,
-                        row=i // cols + 1, col=i % cols + 1)
+        fig.add_scatter(
+            x=[s for s, _ in points],
+            y=[v for _, v in points],
+            mode="lines+markers",
+            name=key,
+            row=i // cols + 1,
+            col=i % cols + 1,
+        )
     fig.update_layout(title=title, showlegend=False, height=280 * n_rows + 40)
     return fig
 
@@ -328,6 +433,11 @@ def memory_bar(table, title: str = "GPU memory per part", gpus_gb=(8, 16, 24, 40
             fig.add_bar(y=["this setup"], x=[gb], name=part, orientation="h")
     for size in gpus_gb:
         fig.add_vline(x=size, line_dash="dot", annotation_text=f"{size} GB")
-    fig.update_layout(barmode="stack", xaxis_title="GB on one GPU", title=title, height=260,
-                      xaxis_range=[0, max(float(table.loc["total", "GB"]) * 1.1, 9)])
+    fig.update_layout(
+        barmode="stack",
+        xaxis_title="GB on one GPU",
+        title=title,
+        height=260,
+        xaxis_range=[0, max(float(table.loc["total", "GB"]) * 1.1, 9)],
+    )
     return fig

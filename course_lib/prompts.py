@@ -22,5 +22,6 @@ def build_messages(question: str, system_prompt: str | None = None) -> list[dict
 
 def format_prompt(tokenizer, question: str, system_prompt: str | None = None) -> str:
     """The prompt text a model continues: the chat template plus the assistant header."""
-    return tokenizer.apply_chat_template(build_messages(question, system_prompt),
-                                         tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        build_messages(question, system_prompt), tokenize=False, add_generation_prompt=True
+    )

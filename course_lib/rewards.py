@@ -52,22 +52,25 @@ from __future__ import annotations
 import re
 import threading
 import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Any, Callable, Sequence
+from typing import Any
 
-MAX_CHARS = 50_000      # only the last 50k characters are read: answers live at the end
-MAX_DIGITS = 50         # a longer digit string is not an answer (and keeps arithmetic cheap)
-FORMAT_POINTS = 0.5     # each format component is worth 0.5 (seed 000)
+MAX_CHARS = 50_000  # only the last 50k characters are read: answers live at the end
+MAX_DIGITS = 50  # a longer digit string is not an answer (and keeps arithmetic cheap)
+FORMAT_POINTS = 0.5  # each format component is worth 0.5 (seed 000)
 FORMAT_COMPONENTS = ("strict_format", "soft_format", "single_answer", "plain_number")
 
 # A number as people write it: optional sign (not glued to a previous word, so the "-3"
 # in "5-3" is not negative), optional "$", digits with or without thousands commas, an
 # optional decimal part, an optional "/denominator".
-_NUMBER = (r"(?:(?<![\w)])[-+])?\$?\s?"
-           r"(?:[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?|\.[0-9]+)"
-           r"(?:/[0-9]+)?")
+_NUMBER = (
+    r"(?:(?<![\w)])[-+])?\$?\s?"
+    r"(?:[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?|\.[0-9]+)"
+    r"(?:/[0-9]+)?"
+)
 _ANSWER_IS = re.compile(r"\banswer\b(?:\s+is)?[\s:*=]*(" + _NUMBER + r")", re.IGNORECASE)
 _ANY_NUMBER = re.compile(_NUMBER)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -106,9 +109,9 @@ def canonical(value: Fraction) -> str:
         k += 1
     if den != 1:
         return f"{value.numerator}/{value.denominator}"
-    scaled = value * 10**k                         # an integer now
+    scaled = value * 10**k  # an integer now
     sign, digits = ("-" if scaled < 0 else ""), str(abs(scaled.numerator)).rjust(k + 1, "0")
-    whole, frac = digits[: len(digits) - k], digits[len(digits) - k:].rstrip("0")
+    whole, frac = digits[: len(digits) - k], digits[len(digits) - k :].rstrip("0")
     return sign + whole + ("." + frac if frac else "")
 
 
@@ -143,7 +146,7 @@ def _boxed_value(content: str) -> Fraction | None:
     never finish), and with a timeout whenever we run in the main thread.
     """
     content = content.replace("\\%", "").replace("%", "").strip()  # GSM8K writes 25 % as 25
-    if _ANY_NUMBER.fullmatch(content):               # a plain number needs no LaTeX parser
+    if _ANY_NUMBER.fullmatch(content):  # a plain number needs no LaTeX parser
         return _parse_number(content)
     if len(content) > 100 or re.search(r"\^|!|\*\*|\\sqrt|\\int|\\sum|\\prod", content):
         return None
@@ -152,12 +155,14 @@ def _boxed_value(content: str) -> Fraction | None:
 
 def _math_verify_number(content: str) -> Fraction | None:
     try:
-        from math_verify import LatexExtractionConfig, parse
+        from math_verify import LatexExtractionConfig, parse  # lazy: sympy loads in seconds, needed only for LaTeX
+
         main = threading.current_thread() is threading.main_thread()
         # LaTeX extraction only: math-verify's plain-expression fallback calls sympy's
         # parse_expr, which evaluates Python code.
-        parsed = parse(f"$\\boxed{{{content}}}$", extraction_config=[LatexExtractionConfig()],
-                       parsing_timeout=2 if main else None)
+        parsed = parse(
+            f"$\\boxed{{{content}}}$", extraction_config=[LatexExtractionConfig()], parsing_timeout=2 if main else None
+        )
         if not parsed:
             return None
         expr = parsed[0].doit() if hasattr(parsed[0], "doit") else parsed[0]
@@ -193,7 +198,7 @@ def extract_answer(text: Any) -> str | None:
     if not isinstance(text, str) or not text:
         return None
     text = _to_ascii(text[-MAX_CHARS:])
-    if "####" in text:                               # the last marker decides, even if unreadable
+    if "####" in text:  # the last marker decides, even if unreadable
         after = text.rsplit("####", 1)[1].strip()
         found = _ANY_NUMBER.search(after.split("\n", 1)[0])
         value = _parse_number(found.group()) if found else None
@@ -231,9 +236,9 @@ def format_components(text: Any, dotall: bool = True) -> dict[str, float]:
     """
     text = completion_text(text)[-MAX_CHARS:].strip()
     flags = re.DOTALL if dotall else 0
-    work = r"(?!####)\S"                   # reasoning starts with something other than a marker
+    work = r"(?!####)\S"  # reasoning starts with something other than a marker
     strict = re.fullmatch(work + r"(?:(?!####).)*\n####[ \t]*" + _PLAIN_NUMBER, text, flags)
-    soft = re.match(work + r".*####\s*" + _NUMBER, text, flags)   # anchored: linear time
+    soft = re.match(work + r".*####\s*" + _NUMBER, text, flags)  # anchored: linear time
     markers = text.count("####")
     last = text.rsplit("####", 1)[-1].strip() if markers else ""
     return {
@@ -291,21 +296,22 @@ class RewardConfig:
     length_weight: float = 0.0
     format_needs_correct: bool = True
     dotall: bool = True
-    max_length: int = 256        # tokens when token ids are known, else characters
+    max_length: int = 256  # tokens when token ids are known, else characters
     length_buffer: int = 64
 
     def __post_init__(self) -> None:
         if not 0 < self.length_buffer <= self.max_length:
-            raise ValueError(f"length_buffer must be in (0, max_length={self.max_length}], "
-                             f"got {self.length_buffer}")
+            raise ValueError(f"length_buffer must be in (0, max_length={self.max_length}], got {self.length_buffer}")
 
 
-#: Seed 000's reward: correctness 0/2 plus four 0.5-point format components, paid to every answer.
-SEED_000 = RewardConfig(correctness_weight=2.0, format_weight=1.0, format_needs_correct=False)
+#: A reward of the shape Trelis Research trained GRPO with (and Will Brown's widely copied GRPO demo):
+#: correctness 0/2 plus four 0.5-point format components, paid to every answer.
+TRELIS_SHAPED_REWARD = RewardConfig(correctness_weight=2.0, format_weight=1.0, format_needs_correct=False)
 
 
-def reward_breakdown(text: Any, answer: Any, config: RewardConfig = RewardConfig(),
-                     length: int | None = None) -> dict[str, Any]:
+def reward_breakdown(
+    text: Any, answer: Any, config: RewardConfig = RewardConfig(), length: int | None = None
+) -> dict[str, Any]:
     """Every part of the reward for one completion, plus the extracted answer.
 
     ``length`` is the completion's length in tokens; by default its length in characters.
@@ -339,12 +345,12 @@ def completion_text(completion: Any) -> str:
     if isinstance(completion, dict):
         content = completion.get("content", "")
         if isinstance(content, list):
-            return "".join(p.get("text", "") for p in content if isinstance(p, dict)
-                           and isinstance(p.get("text"), str))
+            return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
         return content if isinstance(content, str) else ""
     if isinstance(completion, (list, tuple)):
-        return "".join(completion_text(m) for m in completion
-                       if isinstance(m, dict) and m.get("role", "assistant") == "assistant")
+        return "".join(
+            completion_text(m) for m in completion if isinstance(m, dict) and m.get("role", "assistant") == "assistant"
+        )
     return ""
 
 
@@ -352,8 +358,10 @@ def _column(values: Any, name: str, n: int, reward: str, required: bool = True) 
     if values is None and not required:
         return [None] * n
     if values is None:
-        raise TypeError(f"{reward} needs the data set's '{name}' column (the gold answers); "
-                        f"pass it as {name}=[...] or keep it in the training data set.")
+        raise TypeError(
+            f"{reward} needs the data set's '{name}' column (the gold answers); "
+            f"pass it as {name}=[...] or keep it in the training data set."
+        )
     values = list(values) if isinstance(values, (list, tuple)) else [values] * n
     if len(values) != n:
         raise ValueError(f"{reward}: {n} completions but {len(values)} values in '{name}'")
@@ -370,13 +378,13 @@ def _token_counts(completion_ids: Sequence | None, n: int) -> list[int | None]:
 def make_reward(config: RewardConfig = RewardConfig(), name: str = "reward") -> Callable[..., list[float]]:
     """A TRL reward function returning each completion's ``total`` under ``config``."""
 
-    def reward(completions: Sequence, answer: Any = None, completion_ids: Sequence | None = None,
-               **kwargs: Any) -> list[float]:
+    def reward(
+        completions: Sequence, answer: Any = None, completion_ids: Sequence | None = None, **kwargs: Any
+    ) -> list[float]:
         needs_answers = bool(config.correctness_weight or config.format_weight)
         golds = _column(answer, "answer", len(completions), name, required=needs_answers)
         lengths = _token_counts(completion_ids, len(completions))
-        return [reward_breakdown(c, g, config, n)["total"]
-                for c, g, n in zip(completions, golds, lengths)]
+        return [reward_breakdown(c, g, config, n)["total"] for c, g, n in zip(completions, golds, lengths)]
 
     reward.__name__ = reward.__qualname__ = name  # TRL logs each reward under its function's name
     return reward
@@ -389,15 +397,13 @@ def make_correctness_reward(scale: float = 1.0) -> Callable[..., list[float]]:
 
 def make_format_reward(needs_correct: bool = True, dotall: bool = True) -> Callable[..., list[float]]:
     """0.5 per format component, 0 to 2; only for correct answers when ``needs_correct``."""
-    config = RewardConfig(correctness_weight=0.0, format_weight=1.0,
-                          format_needs_correct=needs_correct, dotall=dotall)
+    config = RewardConfig(correctness_weight=0.0, format_weight=1.0, format_needs_correct=needs_correct, dotall=dotall)
     return make_reward(config, name="format_reward")
 
 
 def make_length_reward(max_length: int = 256, buffer: int = 64) -> Callable[..., list[float]]:
     """DAPO's overlong penalty in ``[-1, 0]``, on token counts when TRL passes ``completion_ids``."""
-    config = RewardConfig(correctness_weight=0.0, length_weight=1.0, max_length=max_length,
-                          length_buffer=buffer)
+    config = RewardConfig(correctness_weight=0.0, length_weight=1.0, max_length=max_length, length_buffer=buffer)
     return make_reward(config, name="length_reward")
 
 

@@ -25,23 +25,30 @@ from tqdm.auto import tqdm
 class Samples:
     """Completions for ``P`` prompts x ``n`` samples each (``N = P * n`` rows)."""
 
-    prompts: list[str]              # P prompt texts
-    n: int                          # samples per prompt (G in GRPO)
-    texts: list[str]                # N decoded completions (special tokens removed)
-    prompt_index: list[int]         # N: which prompt each row came from
-    completion_ids: torch.Tensor    # (N, T) int64, right-padded with pad_token_id
-    completion_mask: torch.Tensor   # (N, T) 1 for generated tokens up to and incl. EOS
-    logprobs: torch.Tensor          # (N, T) float32, 0 where the mask is 0
+    prompts: list[str]  # P prompt texts
+    n: int  # samples per prompt (G in GRPO)
+    texts: list[str]  # N decoded completions (special tokens removed)
+    prompt_index: list[int]  # N: which prompt each row came from
+    completion_ids: torch.Tensor  # (N, T) int64, right-padded with pad_token_id
+    completion_mask: torch.Tensor  # (N, T) 1 for generated tokens up to and incl. EOS
+    logprobs: torch.Tensor  # (N, T) float32, 0 where the mask is 0
 
     def grouped_texts(self) -> list[list[str]]:
         """The texts as a P x n list of lists."""
-        return [self.texts[i * self.n:(i + 1) * self.n] for i in range(len(self.prompts))]
+        return [self.texts[i * self.n : (i + 1) * self.n] for i in range(len(self.prompts))]
 
-    def group(self, i: int) -> "Samples":
+    def group(self, i: int) -> Samples:
         """The ``n`` completions of prompt ``i`` alone, as a one-prompt ``Samples``."""
         rows = slice(i * self.n, (i + 1) * self.n)
-        return Samples([self.prompts[i]], self.n, self.texts[rows], [0] * self.n,
-                       self.completion_ids[rows], self.completion_mask[rows], self.logprobs[rows])
+        return Samples(
+            [self.prompts[i]],
+            self.n,
+            self.texts[rows],
+            [0] * self.n,
+            self.completion_ids[rows],
+            self.completion_mask[rows],
+            self.logprobs[rows],
+        )
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -54,9 +61,19 @@ def _pad_right(rows: list[torch.Tensor], width: int, value: float) -> torch.Tens
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompts: list[str], n: int = 1, *, temperature: float = 1.0,
-           top_p: float = 1.0, max_new_tokens: int = 200, batch_size: int = 64, seed: int = 0,
-           progress: bool = False) -> Samples:
+def sample(
+    model,
+    tokenizer,
+    prompts: list[str],
+    n: int = 1,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 200,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+) -> Samples:
     """Sample ``n`` completions for each prompt.
 
     ``temperature=0`` means greedy decoding. Generation of a row stops at the
@@ -75,8 +92,9 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, *, temperature: flo
     with torch.random.fork_rng(devices=[]):
         for b, start in enumerate(tqdm(starts, desc="sampling", disable=not progress)):
             torch.manual_seed(seed + b)
-            ids, logp = _sample_batch(model, tokenizer, rows[start:start + batch_size], device,
-                                      temperature, top_p, max_new_tokens)
+            ids, logp = _sample_batch(
+                model, tokenizer, rows[start : start + batch_size], device, temperature, top_p, max_new_tokens
+            )
             ids_out += ids
             logp_out += logp
     model.train(was_training)
@@ -85,31 +103,43 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, *, temperature: flo
     mask = _pad_right([torch.ones_like(r) for r in ids_out], width, 0).long()
     logprobs = _pad_right(logp_out, width, 0.0)
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    return Samples(prompts=list(prompts), n=n, texts=texts,
-                   prompt_index=[i for i in range(len(prompts)) for _ in range(n)],
-                   completion_ids=completion_ids, completion_mask=mask, logprobs=logprobs)
+    return Samples(
+        prompts=list(prompts),
+        n=n,
+        texts=texts,
+        prompt_index=[i for i in range(len(prompts)) for _ in range(n)],
+        completion_ids=completion_ids,
+        completion_mask=mask,
+        logprobs=logprobs,
+    )
 
 
-def _sample_batch(model, tokenizer, rows: list[str], device, temperature: float, top_p: float,
-                  max_new_tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _sample_batch(
+    model, tokenizer, rows: list[str], device, temperature: float, top_p: float, max_new_tokens: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """One generate() call: per row, the completion ids and their log-probs, unpadded."""
-    enc = tokenizer(rows, return_tensors="pt", padding=True, add_special_tokens=False,
-                    padding_side="left").to(device)
+    enc = tokenizer(rows, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left").to(device)
     greedy = temperature == 0
     out = model.generate(
-        **enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
-        temperature=None if greedy else temperature, top_p=None if greedy else top_p,
-        top_k=0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        return_dict_in_generate=True, output_logits=True,
+        **enc,
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        temperature=None if greedy else temperature,
+        top_p=None if greedy else top_p,
+        top_k=0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        return_dict_in_generate=True,
+        output_logits=True,
         # A static KV cache is preallocated once; the default dynamic one concatenates at
         # every step, which costs a third of the sampling time on a CPU. Same samples. (On a
         # GPU transformers would also torch.compile the forward for a static cache: left as is.)
         cache_implementation="static" if device.type == "cpu" else None,
     )
-    gen = out.sequences[:, enc["input_ids"].shape[1]:]                      # (B, T_b)
-    logits = torch.stack(out.logits, dim=1).float()                         # (B, T_b, V)
+    gen = out.sequences[:, enc["input_ids"].shape[1] :]  # (B, T_b)
+    logits = torch.stack(out.logits, dim=1).float()  # (B, T_b, V)
     logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)
-    token_logp = logp.gather(-1, gen.unsqueeze(-1)).squeeze(-1)             # (B, T_b)
+    token_logp = logp.gather(-1, gen.unsqueeze(-1)).squeeze(-1)  # (B, T_b)
     ids, logps = [], []
     for row_ids, row_logp in zip(gen, token_logp):
         length = _completion_length(row_ids, tokenizer.eos_token_id)

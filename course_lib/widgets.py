@@ -4,24 +4,37 @@ without a browser; the widgets only wire sliders and buttons to them."""
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 
-from typing import Sequence
-
+import ipywidgets as w
 import plotly.graph_objects as go
+import torch
 
+from course_lib import memory
 from course_lib.advantages import group_advantages
-from course_lib.plots import advantage_bars
+from course_lib.analysis import paired_table
+from course_lib.evaluation import paired_difference
+from course_lib.losses import orpo_loss
+from course_lib.plots import advantage_bars, clip_objective, memory_bar, odds_vs_probability
 from course_lib.prompts import format_prompt
 from course_lib.rewards import (
-    EXAMPLE_COMPLETIONS, FORMAT_COMPONENTS, SEED_000, RewardConfig, answer_matches, extract_answer,
+    EXAMPLE_COMPLETIONS,
+    FORMAT_COMPONENTS,
+    TRELIS_SHAPED_REWARD,
+    RewardConfig,
+    answer_matches,
+    extract_answer,
     reward_breakdown,
 )
+from course_lib.sampling import sample
 
 
 def render_samples(problem: dict, texts: list[str]) -> str:
     """HTML for one problem and its sampled completions, each marked right or wrong."""
-    parts = [f"<p><b>Question.</b> {html.escape(problem['question'])}<br>"
-             f"<b>Gold answer:</b> {html.escape(str(problem['answer']))}</p>"]
+    parts = [
+        f"<p><b>Question.</b> {html.escape(problem['question'])}<br>"
+        f"<b>Gold answer:</b> {html.escape(str(problem['answer']))}</p>"
+    ]
     n_right = 0
     for i, text in enumerate(texts, start=1):
         extracted = extract_answer(text)
@@ -29,21 +42,20 @@ def render_samples(problem: dict, texts: list[str]) -> str:
         n_right += right
         mark = "&#10004;" if right else "&#10008;"
         colour = "#2e7d32" if right else "#c62828"
-        parts.append(f"<div style='border-left:4px solid {colour};padding-left:8px;margin:6px 0'>"
-                     f"<b style='color:{colour}'>{mark} sample {i}</b> "
-                     f"(extracted: {html.escape(str(extracted))})"
-                     f"<pre style='white-space:pre-wrap;margin:2px 0'>{html.escape(text)}</pre></div>")
+        parts.append(
+            f"<div style='border-left:4px solid {colour};padding-left:8px;margin:6px 0'>"
+            f"<b style='color:{colour}'>{mark} sample {i}</b> "
+            f"(extracted: {html.escape(str(extracted))})"
+            f"<pre style='white-space:pre-wrap;margin:2px 0'>{html.escape(text)}</pre></div>"
+        )
     parts.insert(1, f"<p><b>{n_right} of {len(texts)}</b> samples are correct.</p>")
     return "".join(parts)
 
 
-def sample_explorer(model, tokenizer, problems: list[dict], max_new_tokens: int = 200,
-                    system_prompt: str | None = None):
+def sample_explorer(
+    model, tokenizer, problems: list[dict], max_new_tokens: int = 200, system_prompt: str | None = None
+):
     """Pick a problem, a temperature and a number of samples; press the button to sample."""
-    import ipywidgets as w
-
-    from course_lib.sampling import sample
-
     index = w.IntSlider(0, 0, len(problems) - 1, description="problem")
     temperature = w.FloatSlider(1.0, min=0.0, max=2.0, step=0.1, description="temperature")
     n = w.IntSlider(4, 1, 16, description="samples")
@@ -54,8 +66,15 @@ def sample_explorer(model, tokenizer, problems: list[dict], max_new_tokens: int 
     def run(_=None):
         problem = problems[index.value]
         prompt = format_prompt(tokenizer, problem["question"], system_prompt)
-        result = sample(model, tokenizer, [prompt], n=n.value, temperature=temperature.value,
-                        max_new_tokens=max_new_tokens, seed=seed.value)
+        result = sample(
+            model,
+            tokenizer,
+            [prompt],
+            n=n.value,
+            temperature=temperature.value,
+            max_new_tokens=max_new_tokens,
+            seed=seed.value,
+        )
         out.value = render_samples(problem, result.texts)
 
     button.on_click(run)
@@ -67,11 +86,15 @@ def sample_explorer(model, tokenizer, problems: list[dict], max_new_tokens: int 
 def reward_view(text: str, answer: str, config: RewardConfig = RewardConfig()) -> str:
     """HTML table of every reward component of one completion under ``config``."""
     row = reward_breakdown(text, answer, config)
-    lines = [("extracted answer", html.escape(str(row["extracted"]))),
-             ("gold answer", html.escape(str(answer))),
-             ("correct", "yes" if row["correct"] else "no")]
-    lines += [(f"format: {name}", f"{row[name]:.0f}" + ("" if row["format_paid"] else " (not paid: wrong answer)"))
-              for name in FORMAT_COMPONENTS]
+    lines = [
+        ("extracted answer", html.escape(str(row["extracted"]))),
+        ("gold answer", html.escape(str(answer))),
+        ("correct", "yes" if row["correct"] else "no"),
+    ]
+    lines += [
+        (f"format: {name}", f"{row[name]:.0f}" + ("" if row["format_paid"] else " (not paid: wrong answer)"))
+        for name in FORMAT_COMPONENTS
+    ]
     lines += [(f"<b>{term}</b>", f"{row[term]:+.3f}") for term in ("correctness", "format", "length")]
     lines.append(("<b>total reward</b>", f"<b>{row['total']:+.3f}</b>"))
     cells = "".join(f"<tr><td style='padding:2px 12px 2px 0'>{k}</td><td>{v}</td></tr>" for k, v in lines)
@@ -84,14 +107,14 @@ def reward_explorer(examples: dict[str, tuple[str, str]] | None = None):
     Toggles: seed 000's weights (correctness 2, format 4 x 0.5) or the course's (correctness
     only), format credit only for correct answers, and re.DOTALL in the format patterns.
     """
-    import ipywidgets as w
-
     examples = examples or EXAMPLE_COMPLETIONS
     pick = w.Dropdown(options=list(examples), description="example")
     text = w.Textarea(layout=w.Layout(width="95%", height="120px"), description="completion")
     gold = w.Text(description="gold answer")
-    weights = w.ToggleButtons(options=[("seed 000 (2 + 4 x 0.5)", SEED_000), ("correctness only", RewardConfig())],
-                              description="weights")
+    weights = w.ToggleButtons(
+        options=[("seed 000 (2 + 4 x 0.5)", TRELIS_SHAPED_REWARD), ("correctness only", RewardConfig())],
+        description="weights",
+    )
     needs_correct = w.Checkbox(True, description="format credit only for correct answers")
     dotall = w.Checkbox(True, description="re.DOTALL in the format patterns")
     out = w.HTML()
@@ -100,8 +123,12 @@ def reward_explorer(examples: dict[str, tuple[str, str]] | None = None):
         text.value, gold.value = examples[pick.value]
 
     def show(_=None):
-        config = RewardConfig(weights.value.correctness_weight, weights.value.format_weight,
-                              format_needs_correct=needs_correct.value, dotall=dotall.value)
+        config = RewardConfig(
+            weights.value.correctness_weight,
+            weights.value.format_weight,
+            format_needs_correct=needs_correct.value,
+            dotall=dotall.value,
+        )
         out.value = reward_view(text.value, gold.value, config)
 
     pick.observe(load, "value")
@@ -130,8 +157,9 @@ def rest_of_batch(kind: str, group_size: int) -> list[float]:
     return _REST_OF_BATCH[kind](group_size)
 
 
-def advantage_view(rewards: Sequence[float], scale: str = "group", unbiased: bool = True,
-                   eps: float = 1e-4, rest: str = "none") -> go.Figure:
+def advantage_view(
+    rewards: Sequence[float], scale: str = "group", unbiased: bool = True, eps: float = 1e-4, rest: str = "none"
+) -> go.Figure:
     """The advantage explorer's figure for one group of ``rewards`` (G = its length).
 
     ``rest`` adds a second group to the batch (see :func:`rest_of_batch`); with
@@ -148,12 +176,19 @@ def advantage_view(rewards: Sequence[float], scale: str = "group", unbiased: boo
 
 def advantage_explorer(max_group_size: int = 16):
     """Sliders for a group's rewards and for G; toggles for scaling, std and eps; live bars."""
-    import ipywidgets as w
-
     start = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
-    sliders = [w.FloatSlider(start[i] if i < len(start) else 0.0, min=0.0, max=4.0, step=0.5,
-                             description=f"r{i + 1}", continuous_update=False,
-                             layout=w.Layout(width="260px")) for i in range(max_group_size)]
+    sliders = [
+        w.FloatSlider(
+            start[i] if i < len(start) else 0.0,
+            min=0.0,
+            max=4.0,
+            step=0.5,
+            description=f"r{i + 1}",
+            continuous_update=False,
+            layout=w.Layout(width="260px"),
+        )
+        for i in range(max_group_size)
+    ]
     size = w.IntSlider(8, min=2, max=max_group_size, description="G", continuous_update=False)
     scale = w.ToggleButtons(options=["group", "batch", "none"], description="scale")
     unbiased = w.Checkbox(True, description="unbiased std (torch.std)")
@@ -161,8 +196,9 @@ def advantage_explorer(max_group_size: int = 16):
     rest = w.Dropdown(options=REST_OF_BATCH, description="rest of batch")
 
     def current() -> go.Figure:
-        return advantage_view([s.value for s in sliders[: size.value]], scale.value,
-                              unbiased.value, eps.value, rest.value)
+        return advantage_view(
+            [s.value for s in sliders[: size.value]], scale.value, unbiased.value, eps.value, rest.value
+        )
 
     figure = go.FigureWidget(current())
 
@@ -185,10 +221,6 @@ def advantage_explorer(max_group_size: int = 16):
 
 def clip_explorer():
     """Sliders for eps_low and eps_high (clip-higher) over the clipped-surrogate plot."""
-    import ipywidgets as w
-
-    from course_lib.plots import clip_objective
-
     low = w.FloatSlider(0.2, min=0.0, max=0.5, step=0.01, description="ε_low", continuous_update=False)
     high = w.FloatSlider(0.2, min=0.0, max=0.5, step=0.01, description="ε_high", continuous_update=False)
     figure = go.FigureWidget(clip_objective(low.value, high.value))
@@ -210,32 +242,31 @@ def orpo_pair_view(p_chosen: float, p_rejected: float, beta: float = 0.1) -> dic
     ``p_chosen`` and ``p_rejected``, computed by :func:`course_lib.losses.orpo_loss` itself (SFT
     term off), with its gradient with respect to each mean log-probability (descent direction:
     minus it)."""
-    import torch
-
-    from course_lib.losses import orpo_loss
-
     if not (0 < p_chosen < 1 and 0 < p_rejected < 1):
         raise ValueError(f"probabilities must lie strictly between 0 and 1 (got {p_chosen}, {p_rejected})")
-    chosen = torch.tensor([[float(torch.log(torch.tensor(p_chosen, dtype=torch.float64)))]],
-                          dtype=torch.float64, requires_grad=True)
-    rejected = torch.tensor([[float(torch.log(torch.tensor(p_rejected, dtype=torch.float64)))]],
-                            dtype=torch.float64, requires_grad=True)
+    chosen = torch.tensor(
+        [[float(torch.log(torch.tensor(p_chosen, dtype=torch.float64)))]], dtype=torch.float64, requires_grad=True
+    )
+    rejected = torch.tensor(
+        [[float(torch.log(torch.tensor(p_rejected, dtype=torch.float64)))]], dtype=torch.float64, requires_grad=True
+    )
     ones = torch.ones(1, 1, dtype=torch.float64)
     out = orpo_loss(chosen, ones, rejected, ones, beta=beta, nll_mask=torch.zeros(1, 1, dtype=torch.float64))
     out.loss.backward()
-    return {"odds_chosen": p_chosen / (1 - p_chosen), "odds_rejected": p_rejected / (1 - p_rejected),
-            "log_odds_ratio": out.metrics["log_odds_chosen"], "or_loss": float(out.per_pair_loss.detach()),
-            "beta_times_or_loss": float(out.loss.detach()), "grad_logp_chosen": float(chosen.grad),
-            "grad_logp_rejected": float(rejected.grad)}
+    return {
+        "odds_chosen": p_chosen / (1 - p_chosen),
+        "odds_rejected": p_rejected / (1 - p_rejected),
+        "log_odds_ratio": out.metrics["log_odds_chosen"],
+        "or_loss": float(out.per_pair_loss.detach()),
+        "beta_times_or_loss": float(out.loss.detach()),
+        "grad_logp_chosen": float(chosen.grad),
+        "grad_logp_rejected": float(rejected.grad),
+    }
 
 
 def odds_explorer():
     """Sliders for p_chosen, p_rejected and beta: the odds-against-probabilities plot and the
     ORPO term of that one pair, with the push it gives each completion."""
-    import ipywidgets as w
-
-    from course_lib.plots import odds_vs_probability
-
     p_w = w.FloatSlider(0.6, min=0.01, max=0.99, step=0.01, description="p_chosen", continuous_update=False)
     p_l = w.FloatSlider(0.5, min=0.01, max=0.99, step=0.01, description="p_rejected", continuous_update=False)
     beta = w.FloatSlider(0.1, min=0.0, max=1.0, step=0.05, description="β (λ)", continuous_update=False)
@@ -249,10 +280,12 @@ def odds_explorer():
                 trace.x, trace.y = fresh.x, fresh.y
             figure.layout.shapes, figure.layout.annotations = new.layout.shapes, new.layout.annotations
         v = orpo_pair_view(p_w.value, p_l.value, beta.value)
-        readout.value = (f"odds {v['odds_chosen']:.2f} vs {v['odds_rejected']:.2f} · log-odds ratio "
-                         f"{v['log_odds_ratio']:+.3f} · L_OR {v['or_loss']:.3f} · β·L_OR {v['beta_times_or_loss']:.4f} · "
-                         f"descent raises log p_chosen by {-v['grad_logp_chosen']:.4f}·lr and lowers log p_rejected "
-                         f"by {v['grad_logp_rejected']:.4f}·lr")
+        readout.value = (
+            f"odds {v['odds_chosen']:.2f} vs {v['odds_rejected']:.2f} · log-odds ratio "
+            f"{v['log_odds_ratio']:+.3f} · L_OR {v['or_loss']:.3f} · β·L_OR {v['beta_times_or_loss']:.4f} · "
+            f"descent raises log p_chosen by {-v['grad_logp_chosen']:.4f}·lr and lowers log p_rejected "
+            f"by {v['grad_logp_rejected']:.4f}·lr"
+        )
 
     for control in (p_w, p_l, beta):
         control.observe(redraw, "value")
@@ -260,27 +293,24 @@ def odds_explorer():
     return w.VBox([w.HBox([p_w, p_l, beta]), readout, figure])
 
 
-def paired_comparison(report: dict):
-    """Pick two arms of a showdown report and a metric: the problem-by-problem table
-    (:func:`course_lib.analysis.paired_table`) and the paired change with its interval."""
-    import ipywidgets as w
-
-    from course_lib.analysis import paired_table
-    from course_lib.evaluation import paired_difference
-
-    arms = [(r["label"], arm) for arm, r in report["arms"].items()]
-    metrics = list(next(iter(report["arms"].values()))["per_problem"])
+def paired_comparison(report):
+    """Pick two arms of a study report (:class:`course_lib.report.StudyReport`) and a metric: the
+    problem-by-problem table (:func:`course_lib.analysis.paired_table`) and the paired change."""
+    arms = [(r.label, arm) for arm, r in report.arms.items()]
+    metrics = report.metric_names
     a = w.Dropdown(options=arms, value=arms[-1][1], description="arm")
     b = w.Dropdown(options=arms, value=arms[0][1], description="against")
     metric = w.Dropdown(options=metrics, value=metrics[2] if len(metrics) > 2 else metrics[0], description="metric")
     out = w.HTML()
 
     def redraw(_=None):
-        per = {arm: report["arms"][arm]["per_problem"][metric.value] for arm in (a.value, b.value)}
+        per = {arm: report.arms[arm].per_problem[metric.value] for arm in (a.value, b.value)}
         change = paired_difference(per[a.value], per[b.value])
         table = paired_table(report, a.value, b.value, metric.value)
-        out.value = (table.to_html() + f"<p>{metric.value}: {change['points']:+.1f} points, paired 95% interval "
-                     f"[{change['ci_low']:+.1f}, {change['ci_high']:+.1f}] over {len(per[a.value])} problems</p>")
+        out.value = (
+            table.to_html() + f"<p>{metric.value}: {change} points (paired 95% interval) "
+            f"over {len(per[a.value])} problems</p>"
+        )
 
     for control in (a, b, metric):
         control.observe(redraw, "value")
@@ -292,11 +322,6 @@ def memory_planner():
     """Controls for :func:`course_lib.memory.estimate`: model, precision, LoRA rank (0: full
     fine-tuning), ZeRO stage, offloading, GPUs, batch, sequence length, GRPO completions and
     checkpointing; the table of parts and a stacked bar redraw on every change."""
-    import ipywidgets as w
-
-    from course_lib import memory
-    from course_lib.plots import memory_bar
-
     model = w.Dropdown(options=list(memory.MODELS), value="Qwen2.5-1.5B", description="model")
     precision = w.Dropdown(options=["bf16", "fp32"], description="precision")
     rank = w.Dropdown(options=[0, 8, 16, 32, 64], value=16, description="LoRA rank")
@@ -315,10 +340,18 @@ def memory_planner():
     def redraw(_=None):
         try:
             setup = memory.TrainingSetup(
-                precision=precision.value, lora_rank=rank.value or None, zero_stage=zero.value,
-                offload_optimizer=offload_opt.value, offload_params=offload_par.value, n_gpus=gpus.value,
-                micro_batch=batch.value, seq_len=seq.value, gradient_checkpointing=checkpointing.value,
-                grpo_completions=completions.value, reference_model=reference.value)
+                precision=precision.value,
+                lora_rank=rank.value or None,
+                zero_stage=zero.value,
+                offload_optimizer=offload_opt.value,
+                offload_params=offload_par.value,
+                n_gpus=gpus.value,
+                micro_batch=batch.value,
+                seq_len=seq.value,
+                gradient_checkpointing=checkpointing.value,
+                grpo_completions=completions.value,
+                reference_model=reference.value,
+            )
         except ValueError as e:
             readout.value = f"<b>not a valid setup:</b> {html.escape(str(e))}"
             return
@@ -330,8 +363,20 @@ def memory_planner():
             figure.add_traces(fresh.data)
             figure.layout = fresh.layout
 
-    controls = (model, precision, rank, zero, gpus, batch, seq, completions, checkpointing, offload_opt,
-                offload_par, reference)
+    controls = (
+        model,
+        precision,
+        rank,
+        zero,
+        gpus,
+        batch,
+        seq,
+        completions,
+        checkpointing,
+        offload_opt,
+        offload_par,
+        reference,
+    )
     for control in controls:
         control.observe(redraw, "value")
     redraw()

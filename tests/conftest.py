@@ -24,8 +24,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def gsm8k_dir() -> Path:
     if not (SHARED_GSM8K / "train.jsonl").is_file():
-        pytest.skip(f"real GSM8K not found at {SHARED_GSM8K}: set GSM8K_DIR to a folder with "
-                    "train.jsonl and test.jsonl to run this test")
+        pytest.skip(
+            f"real GSM8K not found at {SHARED_GSM8K}: set GSM8K_DIR to a folder with "
+            "train.jsonl and test.jsonl to run this test"
+        )
     return SHARED_GSM8K
 
 
@@ -44,14 +46,29 @@ def grpo_trainer(pocket, tmp_path_factory):
 
     model, tokenizer = pocket
 
-    def make(rows: list[dict], reward_funcs, group_size: int, reward_weights=None,
-             max_completion_length: int = 2, **config):
-        args = GRPOConfig(output_dir=str(tmp_path_factory.mktemp("grpo")), use_cpu=True, bf16=False,
-                          gradient_checkpointing=False, per_device_train_batch_size=len(rows) * group_size,
-                          num_generations=group_size, max_completion_length=max_completion_length,
-                          reward_weights=reward_weights, report_to=[], seed=0, **config)
-        return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
-                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    def make(
+        rows: list[dict], reward_funcs, group_size: int, reward_weights=None, max_completion_length: int = 2, **config
+    ):
+        args = GRPOConfig(
+            output_dir=str(tmp_path_factory.mktemp("grpo")),
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            per_device_train_batch_size=len(rows) * group_size,
+            num_generations=group_size,
+            max_completion_length=max_completion_length,
+            reward_weights=reward_weights,
+            report_to=[],
+            seed=0,
+            **config,
+        )
+        return GRPOTrainer(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
 
     return make
 

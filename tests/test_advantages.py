@@ -11,7 +11,7 @@ from course_lib.advantages import group_advantages
 def test_a_worked_example():
     # group 1: one right answer of four; group 2: all wrong
     adv, zero = group_advantages([1, 0, 0, 0, 0, 0, 0, 0], group_size=4, eps=0.0)
-    std = math.sqrt(0.75 * 0.25 * 4 / 3)            # unbiased std of (1, 0, 0, 0)
+    std = math.sqrt(0.75 * 0.25 * 4 / 3)  # unbiased std of (1, 0, 0, 0)
     assert adv[:4].tolist() == pytest.approx([0.75 / std, -0.25 / std, -0.25 / std, -0.25 / std])
     assert adv[4:].tolist() == [0.0] * 4
     assert zero.tolist() == [False, True]
@@ -46,7 +46,7 @@ def test_order_is_kept():
 def test_group_of_one_and_constant_groups_give_zero_never_nan():
     adv, zero = group_advantages([5.0, 2.0], 1)
     assert adv.tolist() == [0.0, 0.0] and zero.all()
-    adv, zero = group_advantages([0.1] * 8, 4, eps=0.0)   # 0/0 without the mask
+    adv, zero = group_advantages([0.1] * 8, 4, eps=0.0)  # 0/0 without the mask
     assert adv.tolist() == [0.0] * 8 and zero.tolist() == [True, True]
 
 
@@ -59,9 +59,12 @@ def test_bad_input_is_a_clear_error():
         group_advantages([1.0, float("nan")], 2)
 
 
-reward_values = st.integers(-1000, 1000).map(lambda i: i / 100)   # rewards on a 0.01 grid
-rewards_batches = st.integers(1, 4).flatmap(lambda p: st.integers(2, 8).flatmap(
-    lambda g: st.tuples(st.just(g), st.lists(reward_values, min_size=p * g, max_size=p * g))))
+reward_values = st.integers(-1000, 1000).map(lambda i: i / 100)  # rewards on a 0.01 grid
+rewards_batches = st.integers(1, 4).flatmap(
+    lambda p: st.integers(2, 8).flatmap(
+        lambda g: st.tuples(st.just(g), st.lists(reward_values, min_size=p * g, max_size=p * g))
+    )
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -114,7 +117,7 @@ def test_equals_trl_grpo_trainer(trl_scorer, scale):
     generator = torch.Generator().manual_seed(0)
     # 0/1 correctness with seed 000's 0.5-point format steps: ties, all-equal groups, mixes
     dyadic = torch.randint(0, 5, (6 * 8,), generator=generator).float() / 2
-    dyadic[:8] = 1.0                                                   # one zero-variance group
+    dyadic[:8] = 1.0  # one zero-variance group
     continuous = torch.randn(6 * 8, generator=generator)
     for rewards in (dyadic, continuous):
         theirs, frac_zero_std = trl_scorer(rewards, 8, scale)

@@ -3,7 +3,7 @@ import torch
 
 from course_lib.analysis import group_summary, reward_table
 from course_lib.losses import samples_logprobs
-from course_lib.rewards import SEED_000
+from course_lib.rewards import TRELIS_SHAPED_REWARD
 from course_lib.sampling import Samples
 
 
@@ -12,19 +12,28 @@ def fake_samples(texts: list[str], n: int) -> Samples:
     rows = len(texts)
     mask = torch.zeros(rows, 12, dtype=torch.long)
     for r in range(rows):
-        mask[r, :3 + r] = 1
-    return Samples([f"p{i}" for i in range(rows // n)], n, texts, [r // n for r in range(rows)],
-                   torch.zeros(rows, 12, dtype=torch.long), mask, torch.zeros(rows, 12))
+        mask[r, : 3 + r] = 1
+    return Samples(
+        [f"p{i}" for i in range(rows // n)],
+        n,
+        texts,
+        [r // n for r in range(rows)],
+        torch.zeros(rows, 12, dtype=torch.long),
+        mask,
+        torch.zeros(rows, 12),
+    )
 
 
 def test_reward_table_and_group_summary():
-    problems = [{"question": "q0", "answer": "7", "n_steps": 2},
-                {"question": "q1", "answer": "5", "solution": "a\nb\nc\n#### 5"}]   # GSM8K-style: steps from lines
+    problems = [
+        {"question": "q0", "answer": "7", "n_steps": 2},
+        {"question": "q1", "answer": "5", "solution": "a\nb\nc\n#### 5"},
+    ]  # GSM8K-style: steps from lines
     samples = fake_samples(["x\n#### 7", "x\n#### 7", "#### 4", "x\n#### 4"], n=2)
-    table = reward_table(samples, problems, SEED_000)
+    table = reward_table(samples, problems, TRELIS_SHAPED_REWARD)
     assert table.correct.tolist() == [True, True, False, False]
     assert table.tokens.tolist() == [3, 4, 5, 6]
-    assert table.total.tolist() == [4.0, 4.0, 1.0, 2.0]     # seed 000 pays format to wrong answers
+    assert table.total.tolist() == [4.0, 4.0, 1.0, 2.0]  # seed 000 pays format to wrong answers
     assert table.n_steps.tolist() == [2, 2, 3, 3]
     groups = group_summary(table)
     assert groups.zero_variance.tolist() == [True, False]
@@ -42,8 +51,10 @@ def test_samples_logprobs_are_the_sampling_logprobs_with_gradients(pocket):
     from course_lib.sampling import sample
 
     model, tok = pocket
-    prompts = ["<|begin|><|user|>\nTom has 3 apples and buys 4. How many?\n<|assistant|>\n",
-               "<|begin|><|user|>\n5 birds and 2 more?\n<|assistant|>\n"]
+    prompts = [
+        "<|begin|><|user|>\nTom has 3 apples and buys 4. How many?\n<|assistant|>\n",
+        "<|begin|><|user|>\n5 birds and 2 more?\n<|assistant|>\n",
+    ]
     samples = sample(model, tok, prompts, n=2, max_new_tokens=20, seed=0)
     logps = samples_logprobs(model, tok, samples)
     assert logps.requires_grad and logps.shape == samples.logprobs.shape

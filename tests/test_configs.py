@@ -20,7 +20,7 @@ def test_every_shipped_config_passes_deepspeeds_own_validation(name):
     # Offloading the optimizer means DeepSpeed builds its CPU Adam: the config names the optimizer.
     assert ("optimizer" in raw) == configs.offloads(raw)["optimizer"] == ("offload" in name)
     assert configs.offloads(raw)["params"] == (name == "zero3_offload")
-    if parsed.zero_optimization_stage == 3:         # else saving a ZeRO-3 model writes empty weights
+    if parsed.zero_optimization_stage == 3:  # else saving a ZeRO-3 model writes empty weights
         assert raw["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
 
 
@@ -49,7 +49,7 @@ def test_batch_sizes_that_do_not_multiply_up_are_explained():
 
 
 def test_unfilled_auto_values_and_bad_files_are_explained(tmp_path):
-    with pytest.raises(DeepSpeedConfigError, match="still holds \"auto\""):
+    with pytest.raises(DeepSpeedConfigError, match='still holds "auto"'):
         configs.validate("zero3")
     bad = tmp_path / "ds.json"
     bad.write_text('{"zero_optimization": {"stage": 2,}}')

@@ -4,10 +4,20 @@ import math
 import numpy as np
 import pytest
 
-from course_lib.evaluation import (before_after, bootstrap_ci, consistency_at_k, evaluate, evaluate_profile,
-                                   facts_probe,
-                                   maj_at_k, majority_answer, pass_at_k, score_problems,
-                                   summarize, wilson_interval)
+from course_lib.evaluation import (
+    before_after,
+    bootstrap_ci,
+    consistency_at_k,
+    evaluate,
+    evaluate_profile,
+    facts_probe,
+    maj_at_k,
+    majority_answer,
+    pass_at_k,
+    score_problems,
+    summarize,
+    wilson_interval,
+)
 
 
 def brute_force_pass_at_k(n, c, k):
@@ -23,7 +33,7 @@ def test_pass_at_k_matches_enumeration(n, c, k):
 
 
 def test_pass_at_k_special_cases():
-    assert pass_at_k(8, 3, 1) == pytest.approx(3 / 8)     # pass@1 is per-sample accuracy
+    assert pass_at_k(8, 3, 1) == pytest.approx(3 / 8)  # pass@1 is per-sample accuracy
     assert pass_at_k(8, 1, 8) == 1.0 and pass_at_k(8, 0, 8) == 0.0
     assert pass_at_k(200, 10, 100) == pytest.approx(1 - math.comb(190, 100) / math.comb(200, 100))
     with pytest.raises(ValueError):
@@ -65,7 +75,7 @@ def test_intervals():
     values = np.r_[np.ones(30), np.zeros(70)]
     low, high = bootstrap_ci(values, seed=0)
     assert low < 0.3 < high and high - low < 0.25
-    assert bootstrap_ci(values, seed=0) == (low, high)   # seeded
+    assert bootstrap_ci(values, seed=0) == (low, high)  # seeded
     wl, wh = wilson_interval(30, 100)
     assert wl == pytest.approx(0.2189, abs=1e-3) and wh == pytest.approx(0.3958, abs=1e-3)
 
@@ -92,11 +102,22 @@ def test_evaluate_profile_uses_every_setting_of_the_profile(pocket):
 
     model, tok = pocket
     problems = pocket_math.pocket_test_set(4, min_steps=1, max_steps=2)
-    profile = dataclasses.replace(get_profile("pocket"), eval_k=3, temperature=0.7, max_new_tokens=60,
-                                  sample_batch_size=5, system_prompt=None)
+    profile = dataclasses.replace(
+        get_profile("pocket"), eval_k=3, temperature=0.7, max_new_tokens=60, sample_batch_size=5, system_prompt=None
+    )
     ours = evaluate_profile(model, tok, problems, profile, seed=2, progress=False)
-    direct = evaluate(model, tok, problems, k=3, temperature=0.7, max_new_tokens=60, batch_size=5, seed=2,
-                      system_prompt=None, progress=False)
+    direct = evaluate(
+        model,
+        tok,
+        problems,
+        k=3,
+        temperature=0.7,
+        max_new_tokens=60,
+        batch_size=5,
+        seed=2,
+        system_prompt=None,
+        progress=False,
+    )
     assert ours.completions == direct.completions and ours.summary.equals(direct.summary)
 
     table = before_after(direct, ours)
@@ -127,7 +148,7 @@ def test_saved_summaries_never_mix_profiles_or_evaluation_sizes(tmp_path):
     save_summary(result, "sft_rs", full, tmp_path)
     found = saved_values({"SFT-RS": "sft_rs", "ORPO": "orpo"}, full, tmp_path)
     assert list(found) == ["SFT-RS"] and found["SFT-RS"]["per_sample_accuracy"] == 0.75
-    assert saved_values({"SFT-RS": "sft_rs"}, fast, tmp_path) == {}          # a fast run is not a full run
+    assert saved_values({"SFT-RS": "sft_rs"}, fast, tmp_path) == {}  # a fast run is not a full run
     assert saved_values({"SFT-RS": "sft_rs"}, get_profile("gpu", fast=False), tmp_path) == {}
 
 
@@ -135,12 +156,12 @@ def test_paired_difference_is_narrower_than_separate_intervals_when_problems_var
     from course_lib.evaluation import bootstrap_ci, paired_difference
 
     rng = np.random.default_rng(0)
-    difficulty = rng.uniform(0, 1, size=300)                 # shared by both models: the problems
+    difficulty = rng.uniform(0, 1, size=300)  # shared by both models: the problems
     before = (rng.uniform(size=300) > difficulty).astype(float)
-    after = np.where(rng.uniform(size=300) < 0.1, 1.0, before)   # fixes about 10 % of its misses
+    after = np.where(rng.uniform(size=300) < 0.1, 1.0, before)  # fixes about 10 % of its misses
     change = paired_difference(after, before)
-    assert change["points"] == pytest.approx(100 * (after.mean() - before.mean()))
-    assert change["ci_low"] > 0                              # the paired interval sees the gain ...
+    assert change.points == pytest.approx(100 * (after.mean() - before.mean()))
+    assert change.ci_low > 0  # the paired interval sees the gain ...
     low_a, _ = bootstrap_ci(after)
     _, high_b = bootstrap_ci(before)
-    assert low_a < high_b                                    # ... which the separate intervals hide
+    assert low_a < high_b  # ... which the separate intervals hide

@@ -36,11 +36,24 @@ def test_steps_log_every_metric_and_feed_the_callbacks(problems):
     curves = LiveCurves(("reward", "accuracy", "entropy"))
     table = loop.train(callbacks=[curves], progress=False)
     assert list(table["step"]) == [1, 2]
-    for key in ("reward", "reward_std", "accuracy", "advantage_mean", "advantage_std", "frac_zero_std",
-                "completion_length", "entropy", "clip_ratio/low", "clip_ratio/high", "clip_ratio/region",
-                "loss", "grad_norm", "samples_per_s"):
+    for key in (
+        "reward",
+        "reward_std",
+        "accuracy",
+        "advantage_mean",
+        "advantage_std",
+        "frac_zero_std",
+        "completion_length",
+        "entropy",
+        "clip_ratio/low",
+        "clip_ratio/high",
+        "clip_ratio/region",
+        "loss",
+        "grad_norm",
+        "samples_per_s",
+    ):
         assert key in table and table[key].map(math.isfinite).all(), key
-    assert (table["clip_ratio/region"] == 0).all()            # mu = 1: pi = pi_old, nothing clips
+    assert (table["clip_ratio/region"] == 0).all()  # mu = 1: pi = pi_old, nothing clips
     assert curves.values("accuracy") == list(table["accuracy"])
 
 
@@ -48,7 +61,7 @@ def test_one_update_raises_the_logprob_of_the_better_completions(problems):
     """The first-order promise of the policy gradient: after one small step,
     sum_i A_i log pi(y_i) over the batch just trained on goes up."""
     loop = fresh_loop(problems, learning_rate=1e-4)
-    for _ in range(10):                                         # find a batch with signal
+    for _ in range(10):  # find a batch with signal
         before = copy.deepcopy(loop.policy)
         loop.train_step()
         samples, advantages = loop.last_batch
@@ -65,7 +78,7 @@ def test_one_update_raises_the_logprob_of_the_better_completions(problems):
 
 
 def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(problems, tmp_path):
-    settings = dict(num_iterations=2, beta=0.04)              # exercise pi_old, pi_ref and Adam state
+    settings = dict(num_iterations=2, beta=0.04)  # exercise pi_old, pi_ref and Adam state
     straight = fresh_loop(problems, **settings)
     straight.train(steps=4, progress=False)
 
@@ -92,9 +105,9 @@ def test_resume_refuses_other_settings(problems, tmp_path):
 def test_kl_to_the_reference_starts_at_zero_and_mu_2_clips(problems):
     loop = fresh_loop(problems, beta=0.04, num_iterations=2, learning_rate=3e-3)
     table = loop.train(steps=3, progress=False)
-    assert table["kl"].iloc[0] < 1e-3                          # pi_ref is the starting policy
+    assert table["kl"].iloc[0] < 1e-3  # pi_ref is the starting policy
     assert table["kl"].iloc[-1] > table["kl"].iloc[0]
-    assert table["clip_ratio/region"].max() > 0                # the second inner step moved pi off pi_old
+    assert table["clip_ratio/region"].max() > 0  # the second inner step moved pi off pi_old
 
 
 def test_zero_variance_groups_can_be_dropped(problems):
@@ -108,7 +121,7 @@ def test_a_non_finite_loss_stops_with_a_clear_message_and_no_update(problems):
     loop = fresh_loop(problems)
     weights = [p.detach().clone() for p in loop.policy.parameters()]
 
-    def blow_up(module, args, output):               # only in training mode: sampling still works
+    def blow_up(module, args, output):  # only in training mode: sampling still works
         return output * float("nan") if module.training else output
 
     loop.policy.model.norm.register_forward_hook(blow_up)

@@ -26,8 +26,9 @@ def test_annotations_can_be_removed(gsm8k_dir):
 
 
 def test_commas_removed_from_answer(tmp_path):
-    (tmp_path / "test.jsonl").write_text(json.dumps(
-        {"question": "How much?", "answer": "It costs 1,200.\n#### 1,200"}) + "\n\n")
+    (tmp_path / "test.jsonl").write_text(
+        json.dumps({"question": "How much?", "answer": "It costs 1,200.\n#### 1,200"}) + "\n\n"
+    )
     [record] = load_gsm8k("test", tmp_path)
     assert record["answer"] == "1200"
 
@@ -81,8 +82,13 @@ def test_stats_are_computed_from_the_data(gsm8k_dir):
     assert stats.loc["train", "rows"] == 7473 and stats.loc["test", "rows"] == 1319
     # Independent recomputation of two columns on the test split.
     words = sum(len(r["question"].split()) for r in data["test"]) / 1319
-    steps = sum(sum(1 for line in r["solution"].split("\n")
-                    if line.strip() and not line.startswith("####")) for r in data["test"]) / 1319
+    steps = (
+        sum(
+            sum(1 for line in r["solution"].split("\n") if line.strip() and not line.startswith("####"))
+            for r in data["test"]
+        )
+        / 1319
+    )
     assert stats.loc["test", "mean_question_words"] == pytest.approx(words)
     assert stats.loc["test", "mean_solution_steps"] == pytest.approx(steps)
     assert 40 < words < 60 and 2.5 < steps < 5  # GSM8K: ~46 words, 2-8 steps

@@ -24,7 +24,7 @@ BIN = Path(sys.executable).parent
 
 def launch(launcher: list[str], method: str, out: Path, *extra: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("ACCELERATE_USE_CPU", None)                   # it would silently drop DeepSpeed
+    env.pop("ACCELERATE_USE_CPU", None)  # it would silently drop DeepSpeed
     command = [*launcher, "course_lib.train", method, "--steps", "3", "--output-dir", str(out), *extra]
     run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"{' '.join(command)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
@@ -36,8 +36,15 @@ def torchrun(n):
 
 
 def accelerate(name, tmp_path):
-    return [str(BIN / "accelerate"), "launch", "--config_file", str(configs.accelerate_config(name, tmp_path)),
-            "--main_process_port", str(free_port()), "-m"]
+    return [
+        str(BIN / "accelerate"),
+        "launch",
+        "--config_file",
+        str(configs.accelerate_config(name, tmp_path)),
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+    ]
 
 
 def deepspeed(n):
@@ -67,23 +74,28 @@ CASES = [  # (id, method, config, launcher, processes, expected base optimizer)
 ]
 
 
-@pytest.mark.parametrize("method,config,launcher,processes,optimizer", [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    "method,config,launcher,processes,optimizer", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_a_shipped_config_trains_under_a_launcher(method, config, launcher, processes, optimizer, tmp_path):
     out = tmp_path / "run"
-    if launcher == "accelerate":               # the config comes from the accelerate file, not the command line
+    if launcher == "accelerate":  # the config comes from the accelerate file, not the command line
         summary = launch(accelerate(config, tmp_path), method, out)
     else:
-        command = {"torchrun": torchrun(processes), "deepspeed": deepspeed(processes),
-                   "python": [sys.executable, "-m"]}[launcher]
+        command = {
+            "torchrun": torchrun(processes),
+            "deepspeed": deepspeed(processes),
+            "python": [sys.executable, "-m"],
+        }[launcher]
         summary = launch(command, method, out, "--deepspeed", config)
     assert summary["engine"] == "DeepSpeedEngine" and summary["world_size"] == processes
     assert summary["zero_stage"] == (3 if config.startswith("zero3") else 2)
     assert summary["base_optimizer"] == optimizer
-    assert summary["optimizer"] == ("DeepSpeedZeroOptimizer_Stage3" if summary["zero_stage"] == 3
-                                    else "DeepSpeedZeroOptimizer")
+    assert summary["optimizer"] == (
+        "DeepSpeedZeroOptimizer_Stage3" if summary["zero_stage"] == 3 else "DeepSpeedZeroOptimizer"
+    )
     assert summary["steps"] == 3 and len(summary["losses"]) == 3
     assert all(math.isfinite(loss) for loss in summary["losses"])
     lora_b = reload_adapter(out)
-    if method != "grpo":       # GRPO learns nothing from a step whose groups all score alike; SFT/ORPO always do
+    if method != "grpo":  # GRPO learns nothing from a step whose groups all score alike; SFT/ORPO always do
         assert any(p.abs().sum() > 0 for p in lora_b)

@@ -5,8 +5,15 @@ import math
 import pytest
 import torch
 
-from course_lib.losses import (KL_ESTIMATORS, aggregate, completion_logits, grpo_loss, kl_k3,
-                               token_entropy, token_logprobs)
+from course_lib.losses import (
+    KL_ESTIMATORS,
+    aggregate,
+    completion_logits,
+    grpo_loss,
+    kl_k3,
+    token_entropy,
+    token_logprobs,
+)
 
 
 # ----------------------------------------------------------------- building blocks
@@ -40,16 +47,16 @@ def test_the_ratio_makes_the_k3_gradient_the_reverse_kl_gradient():
 
     for vocab, seed in ((5, 3), (6, 0)):
         table = kl_gradient_table(vocab, seed)
-        assert table.iloc[0]["|diff| to ∇forward KL(ref‖π)"] < 1e-6          # plain k3
-        assert table.iloc[1]["|diff| to ∇reverse KL(π‖ref)"] < 1e-6          # r * k3
-        assert table.iloc[0]["|diff| to ∇reverse KL(π‖ref)"] > 1e-3          # and the two differ
+        assert table.iloc[0]["|diff| to ∇forward KL(ref‖π)"] < 1e-6  # plain k3
+        assert table.iloc[1]["|diff| to ∇reverse KL(π‖ref)"] < 1e-6  # r * k3
+        assert table.iloc[0]["|diff| to ∇reverse KL(π‖ref)"] > 1e-3  # and the two differ
 
 
 def test_aggregations_by_hand():
     loss = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
-    assert aggregate(loss, mask, "grpo").item() == pytest.approx((1 + 4) / 2)       # per-sequence means
-    assert aggregate(loss, mask, "bnpo").item() == pytest.approx(8 / 5)             # token mean
+    assert aggregate(loss, mask, "grpo").item() == pytest.approx((1 + 4) / 2)  # per-sequence means
+    assert aggregate(loss, mask, "bnpo").item() == pytest.approx(8 / 5)  # token mean
     assert aggregate(loss, mask, "dapo").item() == pytest.approx(8 / 5)
     assert aggregate(loss, mask, "dapo", num_tokens=10).item() == pytest.approx(8 / 10)
     assert aggregate(loss, mask, "dr_grpo", max_completion_length=8).item() == pytest.approx(8 / 16)
@@ -77,11 +84,11 @@ def test_clipping_stops_the_gradient_only_on_the_profitable_side():
     """A > 0 and r > 1 + eps: clipped, no gradient. A < 0 and r > 1 + eps: not clipped
     (min picks the unclipped, worse term), so the gradient pushes r back down."""
     logp = torch.zeros(2, 1, requires_grad=True)
-    old = torch.full((2, 1), -0.5)                    # r = e^0.5 = 1.65 > 1.2
+    old = torch.full((2, 1), -0.5)  # r = e^0.5 = 1.65 > 1.2
     out = grpo_loss(logp, old, torch.tensor([1.0, -1.0]), torch.ones(2, 1), loss_type="bnpo")
     out.loss.backward()
-    assert logp.grad[0, 0] == 0                       # clipped
-    assert logp.grad[1, 0] > 0                        # loss grows with r: descent lowers log pi
+    assert logp.grad[0, 0] == 0  # clipped
+    assert logp.grad[1, 0] > 0  # loss grows with r: descent lowers log pi
     assert out.metrics["clip_ratio/high"] == 0.5 and out.metrics["clip_ratio/low"] == 0.0
 
 
@@ -92,14 +99,29 @@ def test_beta_needs_a_reference():
 
 # ----------------------------------------------------------------- agreement with TRL
 def _ours(model, inputs, trainer, loss_type, beta, eps_low, eps_high):
-    logits = completion_logits(model, inputs["prompt_ids"], inputs["prompt_mask"],
-                               inputs["completion_ids"], inputs["completion_mask"], trainer.temperature)
+    logits = completion_logits(
+        model,
+        inputs["prompt_ids"],
+        inputs["prompt_mask"],
+        inputs["completion_ids"],
+        inputs["completion_mask"],
+        trainer.temperature,
+    )
     logps = token_logprobs(logits, inputs["completion_ids"])
-    return grpo_loss(logps, inputs["old_per_token_logps"], inputs["advantages"], inputs["completion_mask"],
-                     ref_logps=inputs.get("ref_per_token_logps"), beta=beta, epsilon_low=eps_low,
-                     epsilon_high=eps_high, loss_type=loss_type,
-                     max_completion_length=trainer.max_completion_length,
-                     num_tokens=inputs["num_items_in_batch"], entropy=token_entropy(logits))
+    return grpo_loss(
+        logps,
+        inputs["old_per_token_logps"],
+        inputs["advantages"],
+        inputs["completion_mask"],
+        ref_logps=inputs.get("ref_per_token_logps"),
+        beta=beta,
+        epsilon_low=eps_low,
+        epsilon_high=eps_high,
+        loss_type=loss_type,
+        max_completion_length=trainer.max_completion_length,
+        num_tokens=inputs["num_items_in_batch"],
+        entropy=token_entropy(logits),
+    )
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
@@ -114,21 +136,31 @@ def test_equals_trl_compute_loss(grpo_trainer, pocket, loss_type, beta):
     from course_lib.prompts import format_prompt
     from course_lib.rewards import make_correctness_reward
 
-    rows = [{"prompt": format_prompt(pocket[1], p["question"]), "answer": p["answer"]}
-            for p in pocket_test_set(3)]
-    trainer = grpo_trainer(rows, make_correctness_reward(), 4, max_completion_length=40,
-                           loss_type=loss_type, beta=beta, num_iterations=2, epsilon=0.2,
-                           epsilon_high=0.28)
+    rows = [{"prompt": format_prompt(pocket[1], p["question"]), "answer": p["answer"]} for p in pocket_test_set(3)]
+    trainer = grpo_trainer(
+        rows,
+        make_correctness_reward(),
+        4,
+        max_completion_length=40,
+        loss_type=loss_type,
+        beta=beta,
+        num_iterations=2,
+        epsilon=0.2,
+        epsilon_high=0.28,
+    )
     model = trainer.model
     model.train()
-    trainer.current_gradient_accumulation_steps = 1     # what Trainer.train() sets (no accumulation)
+    trainer.current_gradient_accumulation_steps = 1  # what Trainer.train() sets (no accumulation)
     inputs = trl_scored_batch(trainer, 4)
     assert inputs["completion_mask"].sum(1).min() < 40, "want completions of different lengths"
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        current = token_logprobs(completion_logits(model, inputs["prompt_ids"], inputs["prompt_mask"],
-                                                   inputs["completion_ids"], inputs["completion_mask"]),
-                                 inputs["completion_ids"])
+        current = token_logprobs(
+            completion_logits(
+                model, inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"], inputs["completion_mask"]
+            ),
+            inputs["completion_ids"],
+        )
     inputs["advantages"] = torch.randn(len(current), generator=gen)
     inputs["old_per_token_logps"] = current + 0.3 * torch.randn(current.shape, generator=gen)
     if beta:

@@ -16,9 +16,9 @@ def test_shapes_count_the_weights_the_models_have():
 
     model, _ = load_pocket_model()
     assert memory.ModelShape.from_config(model.config).n_params == POCKET.n_params == 1_942_560
-    assert MODELS["Qwen2.5-1.5B"].n_params == pytest.approx(1.54e9, rel=0.01)      # Qwen's model card: 1.54B
-    assert MODELS["Qwen2.5-0.5B"].n_params == pytest.approx(0.49e9, rel=0.01)      # 0.49B
-    assert MODELS["Llama-3.2-1B"].n_params == pytest.approx(1.24e9, rel=0.01)      # 1.24B
+    assert MODELS["Qwen2.5-1.5B"].n_params == pytest.approx(1.54e9, rel=0.01)  # Qwen's model card: 1.54B
+    assert MODELS["Qwen2.5-0.5B"].n_params == pytest.approx(0.49e9, rel=0.01)  # 0.49B
+    assert MODELS["Llama-3.2-1B"].n_params == pytest.approx(1.24e9, rel=0.01)  # 1.24B
 
 
 @pytest.mark.parametrize("lora_rank", [None, 16])
@@ -26,21 +26,21 @@ def test_shapes_count_the_weights_the_models_have():
 def test_the_estimate_matches_a_real_step_of_the_pocket_model(lora_rank, checkpointing):
     from peft import get_peft_model
 
-    from course_lib.models import load_pocket_model
-    from course_lib.train.recipes import lora_config
+    from course_lib.models import load_pocket_model, lora_config
 
     torch.manual_seed(0)
     model, _ = load_pocket_model()
     if lora_rank:
         model = get_peft_model(model, lora_config(r=lora_rank))
     measured = memory.measure(model, torch.randint(3, 500, (4, 128)), gradient_checkpointing=checkpointing)
-    setup = TrainingSetup(precision="fp32", lora_rank=lora_rank, micro_batch=4, seq_len=128,
-                          gradient_checkpointing=checkpointing)
+    setup = TrainingSetup(
+        precision="fp32", lora_rank=lora_rank, micro_batch=4, seq_len=128, gradient_checkpointing=checkpointing
+    )
     planned = estimate(POCKET, setup)["GB"] * memory.GB
-    for part in ("weights", "gradients", "optimizer"):              # exact: counted tensor by tensor
+    for part in ("weights", "gradients", "optimizer"):  # exact: counted tensor by tensor
         assert planned[part] == measured[part]
-    kept = planned["activations"] + planned["logits"]              # the recomputed layer lives in backward only
-    assert measured["activations_and_logits"] == pytest.approx(kept, rel=0.2)     # measured: 0.82-0.99 of it
+    kept = planned["activations"] + planned["logits"]  # the recomputed layer lives in backward only
+    assert measured["activations_and_logits"] == pytest.approx(kept, rel=0.2)  # measured: 0.82-0.99 of it
 
 
 def test_zero_splits_what_its_stage_says_and_offload_moves_it_off_the_gpu():
@@ -68,7 +68,7 @@ def test_bad_setups_say_what_is_wrong():
 
 def test_seed_002_full_fine_tuning_agrees_and_the_lora_gap_is_the_logits():
     ladder = memory.seed_002_ladder()
-    assert ladder.loc["full fine-tuning", "total"] == pytest.approx(24, rel=0.1)   # quoted: 24 GB
+    assert ladder.loc["full fine-tuning", "total"] == pytest.approx(24, rel=0.1)  # quoted: 24 GB
     # LoRA's states are tiny: the planner finds no 8 GB between LoRA and LoRA + offload ...
     lora, offload = ladder.loc["LoRA r=16", "total"], ladder.loc["LoRA + ZeRO-2 + CPU offload", "total"]
     assert lora - offload < 0.1 and ladder.loc["LoRA + ZeRO-2", "total"] == lora
@@ -85,7 +85,7 @@ def test_the_widget_redraws_for_every_control():
     before = readout.value
     zero = next(c for c in box.children[0].children + box.children[1].children if c.description == "ZeRO stage")
     lora = next(c for c in box.children[0].children + box.children[1].children if c.description == "LoRA rank")
-    lora.value = 0                       # full fine-tuning
+    lora.value = 0  # full fine-tuning
     assert readout.value != before and "optimizer" in readout.value
     zero.value = 3
     assert "total" in readout.value

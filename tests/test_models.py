@@ -14,10 +14,17 @@ def test_pocket_model_is_a_small_llama(pocket):
 
 
 def test_loads_offline_in_a_fresh_process():
-    code = ("from course_lib.models import load_pocket_model; m, t = load_pocket_model(); "
-            "print(type(m).__name__, t.eos_token)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    code = (
+        "from course_lib.models import load_pocket_model; m, t = load_pocket_model(); "
+        "print(type(m).__name__, t.eos_token)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
     assert out.stdout.split() == ["LlamaForCausalLM", "<|end|>"]
 
 

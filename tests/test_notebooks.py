@@ -1,6 +1,5 @@
 """Every lesson runs top to bottom on a fresh kernel, in fast mode, offline."""
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -22,10 +21,10 @@ def test_notebook_runs_in_fast_mode(path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     nb = nbformat.read(path, as_version=4)
     # The kernel inherits this environment; a cell that raises fails the test with its traceback.
-    NotebookClient(nb, timeout=900, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"
+    ]
     assert not errors
     first = nb.cells[0].source
     assert "colab.research.google.com" in first, "every lesson opens with a Colab badge"

@@ -10,13 +10,14 @@ from course_lib.widgets import render_samples
 def test_render_samples_marks_right_and_wrong():
     html = render_samples({"question": "2 < 3?", "answer": "5"}, ["#### 5", "#### 4 <script>"])
     assert "1 of 2</b> samples are correct" in html
-    assert "&lt;script&gt;" in html and "<script>" not in html   # model text is escaped
+    assert "&lt;script&gt;" in html and "<script>" not in html  # model text is escaped
     assert html.count("&#10004;") == 1 and html.count("&#10008;") == 1
 
 
 def test_metrics_bar_has_error_bars():
-    summary = pd.DataFrame({"value": [0.4, 0.8], "ci_low": [0.3, 0.7], "ci_high": [0.5, 0.9]},
-                           index=["per_sample_accuracy", "pass@8"])
+    summary = pd.DataFrame(
+        {"value": [0.4, 0.8], "ci_low": [0.3, 0.7], "ci_high": [0.5, 0.9]}, index=["per_sample_accuracy", "pass@8"]
+    )
     fig = plots.metrics_bar({"base": summary})
     assert list(fig.data[0].x) == ["per_sample_accuracy", "pass@8"]
     assert list(fig.data[0].error_y.array) == pytest.approx([0.1, 0.1])
@@ -47,32 +48,36 @@ def test_sample_explorer_samples_on_creation_and_on_click(pocket):
 
 # ----------------------------------------------------------------- reward and advantage explorers
 def test_reward_view_shows_every_term_and_the_gating():
-    from course_lib.rewards import SEED_000, RewardConfig
+    from course_lib.rewards import TRELIS_SHAPED_REWARD, RewardConfig
     from course_lib.widgets import reward_view
 
     hack = "work\n#### 13"
-    seed = reward_view(hack, "14", SEED_000)
+    seed = reward_view(hack, "14", TRELIS_SHAPED_REWARD)
     gated = reward_view(hack, "14", RewardConfig(correctness_weight=2.0, format_weight=1.0))
     assert "<td>13</td>" in seed and "+2.000" in seed and "not paid" not in seed
     assert "not paid: wrong answer" in gated and "<b>+0.000</b>" in gated
-    assert "&lt;b&gt;" in reward_view("x", "<b>")        # typed text is escaped
+    assert "&lt;b&gt;" in reward_view("x", "<b>")  # typed text is escaped
 
 
 def test_reward_explorer_reacts_to_its_controls():
     from course_lib.widgets import reward_explorer
 
     box = reward_explorer({"hack": ("work\n#### 13", "14"), "good": ("3+4=7\n7*2=14\n#### 14", "14")})
-    pick, weights, (needs_correct, dotall), out = (box.children[0], box.children[3],
-                                                   box.children[4].children, box.children[5])
-    assert "not paid" in out.value                                 # default: gated
+    pick, weights, (needs_correct, dotall), out = (
+        box.children[0],
+        box.children[3],
+        box.children[4].children,
+        box.children[5],
+    )
+    assert "not paid" in out.value  # default: gated
     needs_correct.value = False
-    assert "<b>+2.000</b>" in out.value                            # seed 000: format paid to a wrong answer
+    assert "<b>+2.000</b>" in out.value  # seed 000: format paid to a wrong answer
     weights.label = "correctness only"
     assert "<b>+0.000</b>" in out.value
     weights.label = "seed 000 (2 + 4 x 0.5)"
     pick.value = "good"
     assert "<b>+4.000</b>" in out.value
-    dotall.value = False                                           # two lines of work: both layouts fail
+    dotall.value = False  # two lines of work: both layouts fail
     assert "<b>+3.000</b>" in out.value
 
 
@@ -88,8 +93,7 @@ def test_advantage_view_matches_group_advantages():
     alone = advantage_view([1.0, 0.0], scale="batch").data[1].y
     with_rest = advantage_view([1.0, 0.0], scale="batch", rest="an all-right group").data[1].y
     assert alone[0] != pytest.approx(with_rest[0]) and len(with_rest) == 4
-    assert advantage_view([1.0, 0.0], rest="an all-right group").data[1].y[:2] == \
-        advantage_view([1.0, 0.0]).data[1].y
+    assert advantage_view([1.0, 0.0], rest="an all-right group").data[1].y[:2] == advantage_view([1.0, 0.0]).data[1].y
     assert "zero advantage" in advantage_view([1.0, 1.0, 1.0]).layout.title.text
 
 
@@ -97,9 +101,13 @@ def test_advantage_explorer_updates_live():
     from course_lib.widgets import advantage_explorer
 
     box = advantage_explorer()
-    (size, rest), scale, (unbiased, eps), grid, figure = (box.children[0].children, box.children[1],
-                                                          box.children[2].children, box.children[3],
-                                                          box.children[4])
+    (size, _rest), _scale, (unbiased, _eps), grid, figure = (
+        box.children[0].children,
+        box.children[1],
+        box.children[2].children,
+        box.children[3],
+        box.children[4],
+    )
     assert len(figure.data[0].y) == 8
     size.value = 4
     assert len(figure.data[0].y) == 4 and grid.children[5].layout.display == "none"
@@ -114,9 +122,9 @@ def test_advantage_explorer_updates_live():
 def test_difficulty_weights_std_scaling_favours_the_extremes():
     fig = plots.difficulty_weights(8)
     grpo, dr_grpo = fig.data[0].y, fig.data[1].y
-    assert grpo[0] == grpo[8] == 0 and dr_grpo[0] == dr_grpo[8] == 0   # all equal: no signal
-    assert grpo[4] == dr_grpo[4] == 1.0                                  # relative to a half-right group
-    assert grpo[1] > dr_grpo[1] and grpo[2] > dr_grpo[2]                 # std scaling lifts the extremes
+    assert grpo[0] == grpo[8] == 0 and dr_grpo[0] == dr_grpo[8] == 0  # all equal: no signal
+    assert grpo[4] == dr_grpo[4] == 1.0  # relative to a half-right group
+    assert grpo[1] > dr_grpo[1] and grpo[2] > dr_grpo[2]  # std scaling lifts the extremes
     assert grpo[1] == pytest.approx(grpo[7]) and dr_grpo[3] == pytest.approx(dr_grpo[5])
 
 
@@ -129,11 +137,11 @@ def test_component_shares():
 def test_clip_objective_is_flat_exactly_on_the_profitable_side():
     fig = plots.clip_objective(0.2, 0.28)
     for col, trace_offset in ((1, 0), (2, 3)):
-        r, surrogate = fig.data[trace_offset + 1].x, fig.data[trace_offset + 1].y
+        _r, surrogate = fig.data[trace_offset + 1].x, fig.data[trace_offset + 1].y
         flat_r = fig.data[trace_offset + 2].x
-        if col == 1:     # A > 0: flat above 1 + eps_high only
+        if col == 1:  # A > 0: flat above 1 + eps_high only
             assert min(flat_r) > 1.28 and surrogate[-1] == pytest.approx(1.28)
-        else:            # A < 0: flat below 1 - eps_low only; the unclipped side keeps falling
+        else:  # A < 0: flat below 1 - eps_low only; the unclipped side keeps falling
             assert max(flat_r) < 0.8 and surrogate[-1] == pytest.approx(-2.0)
 
 
@@ -149,12 +157,12 @@ def test_live_curves_and_clip_explorer():
     curves({"step": 1, "reward": 0.5, "loss": 0.1})
     curves({"step": 2, "reward": 0.7, "kl": 0.01})
     assert curves.values("reward") == [0.5, 0.7] and curves.values("kl") == [0.01]
-    assert curves.figure.layout.height > 320                          # 4 keys at 3 per row: two rows
+    assert curves.figure.layout.height > 320  # 4 keys at 3 per row: two rows
 
     from course_lib.widgets import clip_explorer
 
     box = clip_explorer()
-    (low, high), figure = box.children[0].children, box.children[1]
+    (_low, high), figure = box.children[0].children, box.children[1]
     high.value = 0.4
     assert "ε_high = 0.4" in figure.layout.title.text
     assert min(figure.data[2].x) > 1.4
@@ -163,9 +171,9 @@ def test_live_curves_and_clip_explorer():
 def test_odds_grow_without_bound_while_the_probability_ratio_saturates():
     fig = plots.odds_vs_probability(0.5)
     prob_ratio, odds_ratio, penalty = (list(t.y) for t in fig.data)
-    assert max(prob_ratio) == pytest.approx(math.log(0.99 / 0.5))       # at most log(1 / p_l)
-    assert max(odds_ratio) == pytest.approx(math.log(99))               # odds(0.99) / odds(0.5)
-    assert penalty[0] > math.log(2) > penalty[-1]                       # -log sigma(z): log 2 where p_w = p_l
+    assert max(prob_ratio) == pytest.approx(math.log(0.99 / 0.5))  # at most log(1 / p_l)
+    assert max(odds_ratio) == pytest.approx(math.log(99))  # odds(0.99) / odds(0.5)
+    assert penalty[0] > math.log(2) > penalty[-1]  # -log sigma(z): log 2 where p_w = p_l
 
 
 def test_orpo_pair_view_and_its_explorer():
@@ -179,7 +187,7 @@ def test_orpo_pair_view_and_its_explorer():
     with pytest.raises(ValueError, match="strictly between"):
         orpo_pair_view(1.0, 0.5)
     box = odds_explorer()
-    (p_w, p_l, beta), readout, figure = box.children[0].children, box.children[1], box.children[2]
+    (_p_w, p_l, _beta), readout, figure = box.children[0].children, box.children[1], box.children[2]
     p_l.value = 0.2
     assert max(figure.data[0].y) == pytest.approx(math.log(0.99 / 0.2))
     assert "L_OR" in readout.value

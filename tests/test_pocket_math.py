@@ -52,10 +52,10 @@ def test_difficulty_knob_controls_steps(lo, hi):
 
 def test_templates_names_and_objects_vary():
     problems = pocket_math.generate(500, "train", seed=0)
-    assert len({p["question"].split()[0] for p in problems}) >= 15      # names
+    assert len({p["question"].split()[0] for p in problems}) >= 15  # names
     assert len({p["question"].split("?")[0].split()[-4] for p in problems}) >= 3
     first_lines = {re.sub(r"\d+", "N", p["solution"].split("\n")[0]) for p in problems}
-    assert len(first_lines) >= 30                                         # solution templates
+    assert len(first_lines) >= 30  # solution templates
 
 
 def test_numbers_stay_in_range():

@@ -5,16 +5,24 @@ import math
 import pytest
 import torch
 
-from course_lib.losses import (dpo_loss, encode_sequences, log1mexp, log_odds, orpo_loss,
-                               sequence_logprobs)
+from course_lib.losses import dpo_loss, encode_sequences, log1mexp, log_odds, orpo_loss, per_token_logprobs
 
 PAIRS = [  # prompt question, chosen (correct), rejected (wrong)
-    ("Ana has 3 apples and buys 4 more. How many apples does Ana have?",
-     "3+4 = <<3+4=7>>7 apples.\n#### 7", "3+4 = <<3+4=8>>8 apples.\n#### 8"),
-    ("Max has 10 pens and gives away 6. How many pens does Max have left?",
-     "10-6 = <<10-6=4>>4 pens.\n#### 4", "10+6 = <<10+6=16>>16 pens.\nSo he has 16 pens left.\n#### 16"),
-    ("Eli reads 5 pages a day for 3 days. How many pages does Eli read?",
-     "5*3 = <<5*3=15>>15 pages.\n#### 15", "5+3 = <<5+3=8>>8\n#### 8"),
+    (
+        "Ana has 3 apples and buys 4 more. How many apples does Ana have?",
+        "3+4 = <<3+4=7>>7 apples.\n#### 7",
+        "3+4 = <<3+4=8>>8 apples.\n#### 8",
+    ),
+    (
+        "Max has 10 pens and gives away 6. How many pens does Max have left?",
+        "10-6 = <<10-6=4>>4 pens.\n#### 4",
+        "10+6 = <<10+6=16>>16 pens.\nSo he has 16 pens left.\n#### 16",
+    ),
+    (
+        "Eli reads 5 pages a day for 3 days. How many pages does Eli read?",
+        "5*3 = <<5*3=15>>15 pages.\n#### 15",
+        "5+3 = <<5+3=8>>8\n#### 8",
+    ),
 ]
 
 
@@ -60,7 +68,7 @@ def test_orpo_pushes_chosen_up_and_rejected_down():
     rejected = torch.log(torch.full((1, 3), 0.4)).requires_grad_()
     mask = torch.ones(1, 3)
     orpo_loss(chosen, mask, rejected, mask, beta=1.0, nll_mask=torch.zeros(1, 3)).loss.backward()
-    assert (chosen.grad < 0).all() and (rejected.grad > 0).all()   # descent raises chosen, lowers rejected
+    assert (chosen.grad < 0).all() and (rejected.grad > 0).all()  # descent raises chosen, lowers rejected
 
 
 def test_masks_decide_which_tokens_count():
@@ -78,11 +86,11 @@ def test_dpo_by_hand_and_at_the_reference():
     pi_w, pi_l = torch.tensor([[-1.0, -1.0]]), torch.tensor([[-2.0, -2.0]])
     ref_w, ref_l = torch.tensor([[-1.5, -1.5]]), torch.tensor([[-1.5, -1.5]])
     out = dpo_loss(pi_w, mask, pi_l, mask, ref_w, ref_l, beta=0.1)
-    h = (-2.0 + 3.0) - (-4.0 + 3.0)                                   # 2
+    h = (-2.0 + 3.0) - (-4.0 + 3.0)  # 2
     assert out.loss.item() == pytest.approx(math.log1p(math.exp(-0.1 * h)), abs=1e-6)
     assert out.metrics["rewards/margins"] == pytest.approx(0.2, abs=1e-6)
     at_ref = dpo_loss(ref_w, mask, ref_l, mask, ref_w, ref_l)
-    assert at_ref.loss.item() == pytest.approx(math.log(2), abs=1e-6)   # pi = pi_ref: no preference yet
+    assert at_ref.loss.item() == pytest.approx(math.log(2), abs=1e-6)  # pi = pi_ref: no preference yet
 
 
 # ----------------------------------------------------------------- against TRL
@@ -95,8 +103,16 @@ def test_orpo_equals_trl_orpo_trainer(tmp_path):
 
     model, tokenizer = fresh_pocket()
     rows = preference_rows(tokenizer)
-    args = ORPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, beta=0.25, max_length=256,
-                      per_device_train_batch_size=len(rows), report_to=[], remove_unused_columns=False)
+    args = ORPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        beta=0.25,
+        max_length=256,
+        per_device_train_batch_size=len(rows),
+        report_to=[],
+        remove_unused_columns=False,
+    )
     trainer = ORPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
     model.train()
@@ -106,7 +122,7 @@ def test_orpo_equals_trl_orpo_trainer(tmp_path):
 
     def side(name):
         ids, attn, labels = (batch[f"{name}_{k}"] for k in ("input_ids", "attention_mask", "labels"))
-        logps = sequence_logprobs(model, ids, attn)
+        logps = per_token_logprobs(model, ids, attn)
         return logps, (labels[:, 1:] != -100).float(), attn[:, 1:].float()
 
     chosen, chosen_mask, chosen_attn = side("chosen")
@@ -123,11 +139,14 @@ def test_orpo_equals_trl_orpo_trainer(tmp_path):
 
     # TRL's sampler shuffles the rows: compare them as (ids, completion mask) pairs, padding removed
     enc = encode_sequences(tokenizer, [r["prompt"] for r in rows], [r["chosen"] for r in rows])
-    ours_rows = {(tuple(i[a == 1].tolist()), tuple(m[a == 1].tolist()))
-                 for i, a, m in zip(enc["input_ids"], enc["attention_mask"], enc["completion_mask"])}
-    trl_rows = {(tuple(i[a == 1].tolist()), tuple((lab[a == 1] != -100).long().tolist()))
-                for i, a, lab in zip(batch["chosen_input_ids"], batch["chosen_attention_mask"],
-                                     batch["chosen_labels"])}
+    ours_rows = {
+        (tuple(i[a == 1].tolist()), tuple(m[a == 1].tolist()))
+        for i, a, m in zip(enc["input_ids"], enc["attention_mask"], enc["completion_mask"])
+    }
+    trl_rows = {
+        (tuple(i[a == 1].tolist()), tuple((lab[a == 1] != -100).long().tolist()))
+        for i, a, lab in zip(batch["chosen_input_ids"], batch["chosen_attention_mask"], batch["chosen_labels"])
+    }
     assert ours_rows == trl_rows
 
 
@@ -140,11 +159,20 @@ def test_dpo_equals_trl_dpo_trainer(tmp_path):
     model, tokenizer = fresh_pocket()
     reference, _ = fresh_pocket()
     rows = preference_rows(tokenizer)
-    args = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, beta=0.3, max_length=256,
-                     per_device_train_batch_size=len(rows), report_to=[], precompute_ref_log_probs=False)
-    trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer)
-    with torch.no_grad():                                  # pi != pi_ref
+    args = DPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        beta=0.3,
+        max_length=256,
+        per_device_train_batch_size=len(rows),
+        report_to=[],
+        precompute_ref_log_probs=False,
+    )
+    trainer = DPOTrainer(
+        model=model, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    with torch.no_grad():  # pi != pi_ref
         gen = torch.Generator().manual_seed(0)
         for p in model.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=gen))
@@ -156,14 +184,14 @@ def test_dpo_equals_trl_dpo_trainer(tmp_path):
 
     ids, attn = batch["input_ids"], batch["attention_mask"]
     mask = batch["completion_mask"][:, 1:].float()
-    logps = sequence_logprobs(model, ids, attn)
+    logps = per_token_logprobs(model, ids, attn)
     with torch.no_grad():
-        ref = sequence_logprobs(reference, ids, attn)
+        ref = per_token_logprobs(reference, ids, attn)
     (c, r), (cm, rm), (rc, rr) = logps.chunk(2), mask.chunk(2), ref.chunk(2)
     ours = dpo_loss(c, cm, r, rm, rc, rr, beta=0.3)
     our_grads = torch.autograd.grad(ours.loss, params)
 
-    assert abs(ours.loss.item() - math.log(2)) > 1e-3     # a real margin
+    assert abs(ours.loss.item() - math.log(2)) > 1e-3  # a real margin
     assert ours.loss.item() == pytest.approx(theirs.item(), rel=1e-5)  # TRL sums log-probs from a fused kernel
     for a, b in zip(our_grads, their_grads, strict=True):
         # fused vs unfused float32 log-softmax: agree to 1e-4 of each gradient's scale

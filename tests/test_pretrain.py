@@ -7,8 +7,17 @@ from course_lib.pocket.pretrain import PretrainConfig, collate, encode, lr_at, p
 
 
 def tiny(**kw):
-    base = dict(train_steps=6, batch_size=4, warmup_steps=2, hidden_size=32, num_layers=1,
-                num_heads=2, intermediate_size=64, eval_every=0, save_every=0)
+    base = dict(
+        train_steps=6,
+        batch_size=4,
+        warmup_steps=2,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=64,
+        eval_every=0,
+        save_every=0,
+    )
     return PretrainConfig(**{**base, **kw})
 
 
@@ -30,6 +39,7 @@ def test_same_seed_same_run_and_held_out_loss_falls(tmp_path):
     assert held_out_loss(model, tok) < held_out_loss(untrained, tok) - 1.0
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "pretrain_log.json").is_file()
     from course_lib.models import load_pocket_model
+
     model, tok = load_pocket_model(tmp_path)
     assert model.config.hidden_size == 32 and tok.chat_template
 
@@ -45,9 +55,9 @@ def test_loss_only_on_the_answer():
 
     tok = build_tokenizer(tiny())
     ids, labels = encode(tok, {"question": "Q 1+1?", "solution": "1+1 = 2\n#### 2"})
-    masked = [i for i, l in enumerate(labels) if l == -100]
-    assert masked == list(range(len(masked)))                   # a prefix: the prompt
-    assert tok.decode([i for i, l in zip(ids, labels) if l != -100]) == "1+1 = 2\n#### 2<|end|>"
+    masked = [i for i, label in enumerate(labels) if label == -100]
+    assert masked == list(range(len(masked)))  # a prefix: the prompt
+    assert tok.decode([i for i, label in zip(ids, labels) if label != -100]) == "1+1 = 2\n#### 2<|end|>"
     input_ids, lab, mask = collate([(ids, labels), (ids[:5], labels[:5])], tok.pad_token_id)
     assert input_ids.shape == lab.shape == mask.shape == (2, len(ids))
     assert mask[1].sum() == 5 and (lab[1, 5:] == -100).all()

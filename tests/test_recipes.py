@@ -1,4 +1,4 @@
-"""course_lib.train.recipes and models.load_policy: TRL's GRPOTrainer + LoRA on the CPU track."""
+"""course_lib.train.recipes, the TRL trainers (grpo_trl, sft, orpo) and models.load_policy on the CPU track."""
 
 import dataclasses
 
@@ -7,17 +7,18 @@ import torch
 
 from course_lib.config import get_profile
 from course_lib.data import train_problems
-from course_lib.models import load_policy, policy_backend
+from course_lib.models import load_policy, lora_config, policy_backend
 from course_lib.rewards import RewardConfig
 from course_lib.train.grpo import GRPOSettings
-from course_lib.train.recipes import grpo_config, grpo_trainer, live_curves_callback, lora_config
+from course_lib.train.grpo_trl import grpo_config, grpo_trainer
+from course_lib.train.trainers import live_curves_callback
 
 SETTINGS = GRPOSettings(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=32, learning_rate=1e-3)
 
 
 def test_grpo_config_carries_the_settings_and_the_cpu_facts(tmp_path):
     args = grpo_config(get_profile("pocket"), tmp_path, SETTINGS)
-    assert args.per_device_train_batch_size == 8 and args.num_generations == 4   # completions, not prompts
+    assert args.per_device_train_batch_size == 8 and args.num_generations == 4  # completions, not prompts
     assert args.use_cpu and not args.bf16 and not args.gradient_checkpointing
     assert args.learning_rate == 1e-3 and args.max_completion_length == 32
     assert args.loss_type == "dapo" and args.beta == 0.0 and args.epsilon == args.epsilon_high == 0.2
@@ -43,7 +44,7 @@ def test_the_backend_is_chosen_by_cuda_not_by_import(monkeypatch):
     assert policy_backend(gpu) == "transformers"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert policy_backend(gpu) == "unsloth"
-    assert policy_backend(get_profile("pocket")) == "transformers"   # the profile does not ask for it
+    assert policy_backend(get_profile("pocket")) == "transformers"  # the profile does not ask for it
 
 
 def test_trl_grpo_with_lora_trains_only_the_adapters_and_streams_our_metric_names(tmp_path):
@@ -53,13 +54,25 @@ def test_trl_grpo_with_lora_trains_only_the_adapters_and_streams_our_metric_name
     rows = []
     callback = live_curves_callback(rows.append)
     # a hot sampler and a length penalty: rewards that differ inside the groups, so there is a gradient
-    spread = dataclasses.replace(SETTINGS, temperature=2.0, max_new_tokens=48,
-                                 reward=RewardConfig(length_weight=1.0, max_length=48, length_buffer=40))
-    trainer = grpo_trainer(profile, model, tokenizer, train_problems(profile, 8, max_steps=2), tmp_path,
-                           spread, callbacks=[callback], disable_tqdm=True)
+    spread = dataclasses.replace(
+        SETTINGS,
+        temperature=2.0,
+        max_new_tokens=48,
+        reward=RewardConfig(length_weight=1.0, max_length=48, length_buffer=40),
+    )
+    trainer = grpo_trainer(
+        profile,
+        model,
+        tokenizer,
+        train_problems(profile, 8, max_steps=2),
+        tmp_path,
+        spread,
+        callbacks=[callback],
+        disable_tqdm=True,
+    )
     from transformers.trainer_callback import PrinterCallback
 
-    assert not any(isinstance(c, PrinterCallback) for c in trainer.callback_handler.callbacks)   # no dict per step
+    assert not any(isinstance(c, PrinterCallback) for c in trainer.callback_handler.callbacks)  # no dict per step
     trainer.train()
     assert [r["step"] for r in rows] == [1, 2] and rows == callback.history
     for key in ("reward", "accuracy", "entropy", "completion_length", "frac_zero_std", "loss"):
@@ -80,7 +93,8 @@ def test_the_benchmark_runs_both_trainers(steps, capsys):
 
 # ----------------------------------------------------------------- SFT and ORPO (lessons 07-08)
 def test_sft_config_trains_on_completions_at_a_constant_rate(tmp_path):
-    from course_lib.train.recipes import rs_recipe, sft_config
+    from course_lib.train.recipes import rs_recipe
+    from course_lib.train.sft import sft_config
 
     settings, lora = rs_recipe(get_profile("pocket"))
     args = sft_config(get_profile("pocket"), tmp_path, settings)
@@ -88,32 +102,42 @@ def test_sft_config_trains_on_completions_at_a_constant_rate(tmp_path):
     assert args.num_train_epochs == 1 and args.lr_scheduler_type == "constant"
     assert args.learning_rate == settings.learning_rate and args.use_cpu and not args.bf16
     gpu, gpu_lora = rs_recipe(get_profile("gpu", fast=False))
-    assert (gpu.k, gpu.questions_per_round, gpu.rounds, gpu.epochs) == (8, 7473, 1, 1)   # seed 000's setting
+    assert (gpu.k, gpu.questions_per_round, gpu.rounds, gpu.epochs) == (8, 7473, 1, 1)  # seed 000's setting
     assert gpu_lora is not None and gpu.max_new_tokens == 512
 
 
 def test_the_sft_collator_ignores_the_prompt(tmp_path, pocket):
     from course_lib.prompts import format_prompt
-    from course_lib.train.recipes import rs_recipe, sft_trainer
+    from course_lib.train.recipes import rs_recipe
+    from course_lib.train.sft import sft_trainer
 
     model, tokenizer = pocket
-    settings, _ = rs_recipe(get_profile("pocket"), fast=True)
+    settings, _ = rs_recipe(get_profile("pocket", fast=True))
     prompt = format_prompt(tokenizer, "Ana has 3 apples and buys 4 more. How many apples does Ana have?")
-    trainer = sft_trainer(get_profile("pocket"), model, tokenizer, [{"prompt": prompt, "completion": "3+4 = 7\n#### 7"}],
-                          tmp_path, settings, progress=False)
+    trainer = sft_trainer(
+        get_profile("pocket"),
+        model,
+        tokenizer,
+        [{"prompt": prompt, "completion": "3+4 = 7\n#### 7"}],
+        tmp_path,
+        settings,
+        progress=False,
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     completion = tokenizer("3+4 = 7\n#### 7", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     labels = batch["labels"][0]
     assert (labels[:n_prompt] == -100).all()
-    assert labels[n_prompt:n_prompt + len(completion)].tolist() == completion
+    assert labels[n_prompt : n_prompt + len(completion)].tolist() == completion
 
 
 def test_no_rows_is_a_clear_error(tmp_path, pocket):
-    from course_lib.train.recipes import orpo_trainer, rs_recipe, sft_trainer
+    from course_lib.train.orpo import orpo_trainer
+    from course_lib.train.recipes import rs_recipe
+    from course_lib.train.sft import sft_trainer
 
     model, tokenizer = pocket
-    settings, _ = rs_recipe(get_profile("pocket"), fast=True)
+    settings, _ = rs_recipe(get_profile("pocket", fast=True))
     with pytest.raises(ValueError, match="filter kept no sample"):
         sft_trainer(get_profile("pocket"), model, tokenizer, [], tmp_path, settings)
     with pytest.raises(ValueError, match="no preference pairs"):
@@ -123,18 +147,31 @@ def test_no_rows_is_a_clear_error(tmp_path, pocket):
 def test_trl_orpo_with_lora_trains_only_the_adapters_and_streams_our_metric_names(tmp_path):
     from course_lib.models import load_pocket_model
     from course_lib.prompts import format_prompt
-    from course_lib.train.recipes import ORPO_METRIC_NAMES, orpo_recipe, orpo_trainer
+    from course_lib.train.orpo import orpo_trainer
+    from course_lib.train.recipes import orpo_recipe
+    from course_lib.train.trainers import ORPO_METRIC_NAMES
 
     profile = get_profile("pocket")
     model, tokenizer = load_pocket_model()
-    settings, lora = orpo_recipe(profile, fast=True)
+    settings, lora = orpo_recipe(get_profile("pocket", fast=True))
     settings = dataclasses.replace(settings, batch_size=2)
     prompt = format_prompt(tokenizer, "Max has 10 pens and gives away 6. How many pens does Max have left?")
-    pairs = [{"prompt": prompt, "chosen": "10-6 = <<10-6=4>>4\n#### 4", "rejected": f"10+6 = <<10+6={n}>>{n}\n#### {n}"}
-             for n in (16, 15, 14, 13)]
+    pairs = [
+        {"prompt": prompt, "chosen": "10-6 = <<10-6=4>>4\n#### 4", "rejected": f"10+6 = <<10+6={n}>>{n}\n#### {n}"}
+        for n in (16, 15, 14, 13)
+    ]
     rows = []
-    trainer = orpo_trainer(profile, model, tokenizer, pairs, tmp_path, settings, lora=lora,
-                           callbacks=[live_curves_callback(rows.append, names=ORPO_METRIC_NAMES)], progress=False)
+    trainer = orpo_trainer(
+        profile,
+        model,
+        tokenizer,
+        pairs,
+        tmp_path,
+        settings,
+        lora=lora,
+        callbacks=[live_curves_callback(rows.append, names=ORPO_METRIC_NAMES)],
+        progress=False,
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     odds_before = log_odds_ratio(trainer.model, tokenizer, pairs)
     trainer.train()
@@ -143,20 +180,22 @@ def test_trl_orpo_with_lora_trains_only_the_adapters_and_streams_our_metric_name
         assert key in rows[0], key
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("lora_" in n for n in changed)
-    assert log_odds_ratio(trainer.model, tokenizer, pairs) > odds_before    # chosen pulled away from rejected
+    assert log_odds_ratio(trainer.model, tokenizer, pairs) > odds_before  # chosen pulled away from rejected
 
 
 @torch.no_grad()
 def log_odds_ratio(model, tokenizer, pairs) -> float:
     """Mean log-odds ratio chosen/rejected of the pairs under ``model`` (via losses.orpo_loss)."""
-    from course_lib.losses import encode_sequences, orpo_loss, sequence_logprobs
+    from course_lib.losses import encode_sequences, orpo_loss, per_token_logprobs
 
     prompts = [p["prompt"] for p in pairs]
     sides = []
     for side in ("chosen", "rejected"):
         enc = encode_sequences(tokenizer, prompts, [p[side] for p in pairs])
-        sides += [sequence_logprobs(model, enc["input_ids"], enc["attention_mask"]),
-                  enc["completion_mask"][:, 1:].float()]
+        sides += [
+            per_token_logprobs(model, enc["input_ids"], enc["attention_mask"]),
+            enc["completion_mask"][:, 1:].float(),
+        ]
     return orpo_loss(*sides).metrics["log_odds_chosen"]
 
 

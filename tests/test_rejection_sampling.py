@@ -3,17 +3,25 @@
 import pytest
 import torch
 
-from course_lib.train.rejection_sampling import (RSSettings, SampledPool, expert_iteration, gold_records,
-                                                 pool_yield, preference_pairs, sample_pool, sft_records)
+from course_lib.train.expert_iteration import RSSettings, expert_iteration
+from course_lib.train.rejection_sampling import (
+    SampledPool,
+    gold_records,
+    pool_yield,
+    preference_pairs,
+    sample_pool,
+    sft_records,
+)
 
 
 def hand_pool() -> SampledPool:
     """Three questions x 4 samples: one all right (with duplicates), one mixed, one all wrong."""
-    problems = [{"question": "q1", "answer": "7"}, {"question": "q2", "answer": "4"},
-                {"question": "q3", "answer": "9"}]
-    texts = [["a\n#### 7", "a\n#### 7", "b\n#### 7", "c\n#### 7"],
-             ["x\n#### 4", "y\n#### 5", "z\n#### 6", "x\n#### 4"],
-             ["u\n#### 1", "v\n#### 2", "w\n#### 3", "t\n#### 8"]]
+    problems = [{"question": "q1", "answer": "7"}, {"question": "q2", "answer": "4"}, {"question": "q3", "answer": "9"}]
+    texts = [
+        ["a\n#### 7", "a\n#### 7", "b\n#### 7", "c\n#### 7"],
+        ["x\n#### 4", "y\n#### 5", "z\n#### 6", "x\n#### 4"],
+        ["u\n#### 1", "v\n#### 2", "w\n#### 3", "t\n#### 8"],
+    ]
     correct = [[True] * 4, [True, False, False, True], [False] * 4]
     return SampledPool(problems, ["P1", "P2", "P3"], texts, correct)
 
@@ -24,7 +32,11 @@ def test_sft_records_keep_only_correct_dedup_and_cap():
     assert [r["completion"] for r in every] == ["a\n#### 7"] * 2 + ["b\n#### 7", "c\n#### 7"] + ["x\n#### 4"] * 2
     unique = sft_records(pool, dedup=True)
     assert [(r["prompt"], r["completion"]) for r in unique] == [
-        ("P1", "a\n#### 7"), ("P1", "b\n#### 7"), ("P1", "c\n#### 7"), ("P2", "x\n#### 4")]
+        ("P1", "a\n#### 7"),
+        ("P1", "b\n#### 7"),
+        ("P1", "c\n#### 7"),
+        ("P2", "x\n#### 4"),
+    ]
     capped = sft_records(pool, dedup=True, max_per_question=2)
     assert [r["completion"] for r in capped] == ["a\n#### 7", "b\n#### 7", "x\n#### 4"]
 
@@ -32,19 +44,27 @@ def test_sft_records_keep_only_correct_dedup_and_cap():
 def test_yield_counts_what_the_filter_lets_through():
     pool = hand_pool()
     row = pool_yield(pool, sft_records(pool, max_per_question=2))
-    assert row == {"questions": 3, "solved": 2, "solved_share": pytest.approx(2 / 3), "samples": 12,
-                   "correct": 6, "correct_share": 0.5, "distinct": 4, "kept": 3}
+    assert row == {
+        "questions": 3,
+        "solved": 2,
+        "solved_share": pytest.approx(2 / 3),
+        "samples": 12,
+        "correct": 6,
+        "correct_share": 0.5,
+        "distinct": 4,
+        "kept": 3,
+    }
     assert pool.mixed() == 1
 
 
 def test_pairs_come_from_the_same_question_correct_over_wrong():
     pool = hand_pool()
     pairs = preference_pairs(pool, pairs_per_question=3, seed=0)
-    assert {p["prompt"] for p in pairs} == {"P2"}            # only the mixed question gives pairs
-    assert all(p["chosen"] == "x\n#### 4" for p in pairs)    # its one distinct correct answer
+    assert {p["prompt"] for p in pairs} == {"P2"}  # only the mixed question gives pairs
+    assert all(p["chosen"] == "x\n#### 4" for p in pairs)  # its one distinct correct answer
     # no wrong answer is reused while a distinct one is left: 2 distinct wrong -> 2 pairs, not 3
     assert sorted(p["rejected"] for p in pairs) == ["y\n#### 5", "z\n#### 6"]
-    assert preference_pairs(pool, 3, seed=0) == pairs        # reproducible
+    assert preference_pairs(pool, 3, seed=0) == pairs  # reproducible
 
 
 def test_gold_records_use_the_reference_solution(pocket):
@@ -68,9 +88,10 @@ def test_sample_pool_grades_each_sample(pocket):
     pool = sample_pool(model, tokenizer, problems, k=4, max_new_tokens=48, seed=0, progress=False)
     assert len(pool.texts) == 3 and all(len(t) == 4 for t in pool.texts)
     from course_lib.rewards import is_correct
+
     assert pool.correct == [[is_correct(t, p["answer"]) for t in ts] for p, ts in zip(problems, pool.texts)]
     again = sample_pool(model, tokenizer, problems, k=4, max_new_tokens=48, seed=0, progress=False)
-    assert again.texts == pool.texts                       # seeded
+    assert again.texts == pool.texts  # seeded
 
 
 def test_expert_iteration_two_rounds_with_lora(tmp_path):
@@ -78,18 +99,23 @@ def test_expert_iteration_two_rounds_with_lora(tmp_path):
     round, only the adapter's weights move, and the second round samples from the trained model."""
     from course_lib.config import get_profile
     from course_lib.data import pocket_math
-    from course_lib.models import load_pocket_model
-    from course_lib.train.recipes import lora_config
+    from course_lib.models import load_pocket_model, lora_config
 
     model, tokenizer = load_pocket_model()
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    settings = RSSettings(rounds=2, questions_per_round=6, k=4, max_new_tokens=64, batch_size=4,
-                          learning_rate=1e-3)
+    settings = RSSettings(rounds=2, questions_per_round=6, k=4, max_new_tokens=64, batch_size=4, learning_rate=1e-3)
     seen = []
     trained, yields = expert_iteration(
-        model, tokenizer, get_profile("pocket"), settings,
-        lambda r: pocket_math.generate(6, "train", seed=10 + r, max_steps=2), tmp_path,
-        lora=lora_config(), progress=False, on_round=seen.append)
+        model,
+        tokenizer,
+        get_profile("pocket"),
+        settings,
+        lambda r: pocket_math.generate(6, "train", seed=10 + r, max_steps=2),
+        tmp_path,
+        lora=lora_config(),
+        progress=False,
+        on_round=seen.append,
+    )
     assert list(yields.index) == [1, 2] and len(seen) == 2
     assert (yields["solved"] > 0).all() and (yields["kept"] <= 4 * 6).all()
     assert (yields["sft_steps"] > 0).all() and yields["sft_loss"].notna().all()
@@ -101,17 +127,23 @@ def test_expert_iteration_two_rounds_with_lora(tmp_path):
 def test_a_round_that_keeps_nothing_trains_nothing_and_the_next_one_still_gets_the_adapter(tmp_path):
     from course_lib.config import get_profile
     from course_lib.data import pocket_math
-    from course_lib.models import load_pocket_model
-    from course_lib.train.recipes import lora_config
+    from course_lib.models import load_pocket_model, lora_config
 
     model, tokenizer = load_pocket_model()
     base = {k: v.clone() for k, v in model.state_dict().items()}
     unsolvable = [dict(p, answer="-12345") for p in pocket_math.generate(4, "train", seed=3, max_steps=1)]
     easy = pocket_math.generate(4, "train", seed=4, max_steps=1)
     settings = RSSettings(rounds=2, questions_per_round=4, k=4, max_new_tokens=48, batch_size=4, learning_rate=1e-3)
-    trained, yields = expert_iteration(model, tokenizer, get_profile("pocket"), settings,
-                                       lambda r: unsolvable if r == 0 else easy, tmp_path,
-                                       lora=lora_config(), progress=False)
+    trained, yields = expert_iteration(
+        model,
+        tokenizer,
+        get_profile("pocket"),
+        settings,
+        lambda r: unsolvable if r == 0 else easy,
+        tmp_path,
+        lora=lora_config(),
+        progress=False,
+    )
     assert yields.loc[1, "kept"] == 0 and yields.loc[1, "sft_steps"] == 0
     assert yields.loc[2, "kept"] > 0 and yields.loc[2, "sft_steps"] > 0
     merged = trained.merge_and_unload()

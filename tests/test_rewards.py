@@ -9,9 +9,22 @@ from hypothesis import strategies as st
 
 from course_lib import rewards
 from course_lib.rewards import (
-    SEED_000, RewardConfig, canonical, completion_text, correctness_reward, extract_answer,
-    format_components, format_reward, gold_answer, is_correct, make_correctness_reward,
-    make_length_reward, make_reward, normalize_number, overlong_penalty, reward_breakdown,
+    TRELIS_SHAPED_REWARD,
+    RewardConfig,
+    canonical,
+    completion_text,
+    correctness_reward,
+    extract_answer,
+    format_components,
+    format_reward,
+    gold_answer,
+    is_correct,
+    make_correctness_reward,
+    make_length_reward,
+    make_reward,
+    normalize_number,
+    overlong_penalty,
+    reward_breakdown,
     trl_reward_funcs,
 )
 
@@ -19,43 +32,46 @@ GOOD = "Tom has 3+4=<<3+4=7>>7 apples.\nHe doubles them: 7*2=<<7*2=14>>14.\n####
 
 
 # ----------------------------------------------------------------- extraction
-@pytest.mark.parametrize("text,expected", [
-    ("so 3+4 = <<3+4=7>>7\n#### 7", "7"),
-    ("#### 1,200", "1200"),
-    ("#### $18.00", "18"),
-    ("#### $1,000.00.", "1000"),                   # trailing punctuation
-    ("#### 18 dollars", "18"),                     # units
-    ("#### -5", "-5"),
-    ("#### −5", "-5"),                             # Unicode minus
-    ("#### +5", "5"),
-    ("#### .5", "0.5"),
-    ("#### 3/4", "0.75"),                          # fractions, exact
-    ("#### 1/3", "1/3"),
-    ("#### 3/0", None),
-    ("#### ３", "3"),                              # full-width digit
-    ("#### ٣٤", "34"),                             # Arabic-Indic digits
-    ("7 apples\n#### x", None),                    # a marked answer is not replaced by a guess
-    ("####\n\n 5", "5"),
-    ("#### 7\nsome rambling 99", "7"),             # the marker wins over later numbers
-    ("#### 5\n#### 6", "6"),                       # the last marker wins
-    ("The answer is $\\boxed{\\frac{3}{4}}$.", "0.75"),
-    ("so \\boxed{-\\dfrac{1}{2}}", "-0.5"),
-    ("\\boxed{1{,}000}", "1000"),
-    ("\\boxed{5 \\text{ apples}}", "5"),
-    ("\\boxed{\\$18.00}", "18"),
-    ("\\boxed{25\\%}", "25"),
-    ("\\boxed{x+1} after 5", None),                # boxed but not a number
-    ("\\boxed{9^{9^{9^{9}}}}", None),              # never handed to sympy
-    ("The answer is 42.", "42"),
-    ("The answer is: **12** apples", "12"),
-    ("Answer: -3", "-3"),
-    ("first 12 then 30 apples", "30"),             # fallback: the last number
-    ("5-3=2", "2"),
-    ("no numbers here", None),
-    ("#### " + "9" * 60, None),                    # longer than MAX_DIGITS
-    ("", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("so 3+4 = <<3+4=7>>7\n#### 7", "7"),
+        ("#### 1,200", "1200"),
+        ("#### $18.00", "18"),
+        ("#### $1,000.00.", "1000"),  # trailing punctuation
+        ("#### 18 dollars", "18"),  # units
+        ("#### -5", "-5"),
+        ("#### −5", "-5"),  # Unicode minus
+        ("#### +5", "5"),
+        ("#### .5", "0.5"),
+        ("#### 3/4", "0.75"),  # fractions, exact
+        ("#### 1/3", "1/3"),
+        ("#### 3/0", None),
+        ("#### ３", "3"),  # full-width digit
+        ("#### ٣٤", "34"),  # Arabic-Indic digits
+        ("7 apples\n#### x", None),  # a marked answer is not replaced by a guess
+        ("####\n\n 5", "5"),
+        ("#### 7\nsome rambling 99", "7"),  # the marker wins over later numbers
+        ("#### 5\n#### 6", "6"),  # the last marker wins
+        ("The answer is $\\boxed{\\frac{3}{4}}$.", "0.75"),
+        ("so \\boxed{-\\dfrac{1}{2}}", "-0.5"),
+        ("\\boxed{1{,}000}", "1000"),
+        ("\\boxed{5 \\text{ apples}}", "5"),
+        ("\\boxed{\\$18.00}", "18"),
+        ("\\boxed{25\\%}", "25"),
+        ("\\boxed{x+1} after 5", None),  # boxed but not a number
+        ("\\boxed{9^{9^{9^{9}}}}", None),  # never handed to sympy
+        ("The answer is 42.", "42"),
+        ("The answer is: **12** apples", "12"),
+        ("Answer: -3", "-3"),
+        ("first 12 then 30 apples", "30"),  # fallback: the last number
+        ("5-3=2", "2"),
+        ("no numbers here", None),
+        ("#### " + "9" * 60, None),  # longer than MAX_DIGITS
+        ("", None),
+        (None, None),
+    ],
+)
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 
@@ -67,11 +83,11 @@ TRICKY = [
     ("#### $18", "18", True),
     ("The total is 18 dollars.\n#### 18 dollars.", "18", True),
     ("#### 1,000", "1000", True),
-    ("#### 1000", "1,000", True),                    # gold with a comma
+    ("#### 1000", "1,000", True),  # gold with a comma
     ("#### 0.75", "3/4", True),
-    ("#### 0.333", "1/3", False),                    # exact, not approximate
+    ("#### 0.333", "1/3", False),  # exact, not approximate
     ("#### 17", "18", False),
-    ("#### 18\n#### 17", "18", False),               # hedging: the last answer counts
+    ("#### 18\n#### 17", "18", False),  # hedging: the last answer counts
     ("I think 18.\n#### 17", "18", False),
     ("18 is wrong, so the answer is 20", "20", True),
     ("The answer is \\boxed{18}.", "18", True),
@@ -116,6 +132,7 @@ def test_model_text_never_reaches_eval(monkeypatch):
         def call(code, *args, **kwargs):
             calls.append((kind, code))
             return real(code, *args, **kwargs)
+
         return call
 
     monkeypatch.setattr(builtins, "eval", recording(real_eval, "eval"))
@@ -126,8 +143,9 @@ def test_model_text_never_reaches_eval(monkeypatch):
     monkeypatch.undo()
     assert calls, "the LaTeX path was not exercised"
     for kind, code in calls:
-        assert (kind, code) == ("exec", "from sympy import *") or \
-            re.fullmatch(r"(Integer|Float) \('?[0-9.]+'? \)", code), (kind, code)
+        assert (kind, code) == ("exec", "from sympy import *") or re.fullmatch(
+            r"(Integer|Float) \('?[0-9.]+'? \)", code
+        ), (kind, code)
 
 
 def test_normalize_is_exact():
@@ -135,7 +153,7 @@ def test_normalize_is_exact():
     assert normalize_number("$1,200.50") == "1200.5"
     assert normalize_number("-0.0") == "0"
     assert normalize_number("abc") is None
-    assert normalize_number("12 apples") is None      # one number, nothing else
+    assert normalize_number("12 apples") is None  # one number, nothing else
     assert not is_correct("#### 1000000.1", "1000000")
 
 
@@ -152,16 +170,19 @@ def test_format_components_of_a_good_completion():
     assert format_components(GOOD) == dict.fromkeys(rewards.FORMAT_COMPONENTS, 1.0)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("#### 14", (0, 0, 1, 1)),                         # no reasoning
-    ("3+4=7 so 14\n#### 14 apples", (0, 1, 1, 0)),     # units after the answer
-    ("work\n#### 14\nmore text", (0, 1, 1, 0)),        # text after the answer line
-    ("work\n#### 14\n#### 15", (0, 1, 0, 1)),          # two answers
-    ("work\nThe answer is 14.", (0, 0, 0, 0)),         # no marker
-    ("one line of work\n#### 14", (1, 1, 1, 1)),
-    ("## Step 1\n3+4=7\n#### 7", (1, 1, 1, 1)),      # a Markdown heading is reasoning, not a marker
-    ("#### 5 #### 6", (0, 0, 0, 1)),                  # markers alone are not reasoning
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("#### 14", (0, 0, 1, 1)),  # no reasoning
+        ("3+4=7 so 14\n#### 14 apples", (0, 1, 1, 0)),  # units after the answer
+        ("work\n#### 14\nmore text", (0, 1, 1, 0)),  # text after the answer line
+        ("work\n#### 14\n#### 15", (0, 1, 0, 1)),  # two answers
+        ("work\nThe answer is 14.", (0, 0, 0, 0)),  # no marker
+        ("one line of work\n#### 14", (1, 1, 1, 1)),
+        ("## Step 1\n3+4=7\n#### 7", (1, 1, 1, 1)),  # a Markdown heading is reasoning, not a marker
+        ("#### 5 #### 6", (0, 0, 0, 1)),  # markers alone are not reasoning
+    ],
+)
 def test_format_components_table(text, expected):
     assert tuple(format_components(text).values()) == expected
 
@@ -181,8 +202,8 @@ def test_reward_hacking_a_formatted_wrong_answer():
     """Under seed 000's reward a perfectly formatted wrong answer ties a correct bare one."""
     hack = "a\n#### 13"
     honest = "7 twice is 14, 14 apples"
-    assert reward_breakdown(hack, "14", SEED_000)["total"] == 2.0
-    assert reward_breakdown(honest, "14", SEED_000)["total"] == 2.0
+    assert reward_breakdown(hack, "14", TRELIS_SHAPED_REWARD)["total"] == 2.0
+    assert reward_breakdown(honest, "14", TRELIS_SHAPED_REWARD)["total"] == 2.0
     defended = RewardConfig(correctness_weight=2.0, format_weight=1.0)
     assert reward_breakdown(hack, "14", defended)["total"] == 0.0
     assert reward_breakdown(honest, "14", defended)["total"] == 2.0
@@ -219,14 +240,21 @@ def test_plain_and_conversational_completions_score_the_same():
 
 
 def test_trl_reward_funcs_add_up_to_make_reward():
-    config = RewardConfig(correctness_weight=2.0, format_weight=1.0, length_weight=0.5,
-                          format_needs_correct=False, max_length=40, length_buffer=20)
+    config = RewardConfig(
+        correctness_weight=2.0,
+        format_weight=1.0,
+        length_weight=0.5,
+        format_needs_correct=False,
+        max_length=40,
+        length_buffer=20,
+    )
     completions = [GOOD, "#### 13", "no answer " * 5, "a\n#### 14\n#### 14"]
     answers = ["14"] * 4
     funcs, weights = trl_reward_funcs(config)
     assert [f.__name__ for f in funcs] == ["correctness_reward", "format_reward", "length_reward"]
-    separate = [sum(w * f(completions, answer=answers)[i] for f, w in zip(funcs, weights))
-                for i in range(len(completions))]
+    separate = [
+        sum(w * f(completions, answer=answers)[i] for f, w in zip(funcs, weights)) for i in range(len(completions))
+    ]
     assert separate == pytest.approx(make_reward(config)(completions, answer=answers))
 
 
@@ -246,30 +274,35 @@ junk_text = st.one_of(
     st.text(alphabet="0123456789#\n ", max_size=30).map(lambda s: "\\boxed{" + s),
 )
 junk_completion = st.one_of(
-    st.none(), st.integers(), junk_text,
+    st.none(),
+    st.integers(),
+    junk_text,
     junk_text.map(lambda t: [{"role": "assistant", "content": t}]),
-    st.lists(st.dictionaries(st.sampled_from(["role", "content", "text"]),
-                             st.one_of(st.none(), junk_text, st.integers()), max_size=3), max_size=3),
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["role", "content", "text"]), st.one_of(st.none(), junk_text, st.integers()), max_size=3
+        ),
+        max_size=3,
+    ),
 )
 
 
 @settings(max_examples=600, deadline=None)
 @given(junk_completion, st.one_of(st.none(), junk_text, st.integers()))
 def test_no_reward_function_raises_on_any_completion(completion, gold):
-    config = RewardConfig(correctness_weight=2.0, format_weight=1.0, length_weight=1.0,
-                          format_needs_correct=False)
+    config = RewardConfig(correctness_weight=2.0, format_weight=1.0, length_weight=1.0, format_needs_correct=False)
     answer = extract_answer(completion_text(completion))
     assert answer is None or normalize_number(answer) == answer
     assert is_correct(completion, gold) in (True, False)
     row = reward_breakdown(completion, gold, config)
     assert -1.0 <= row["total"] <= 4.0
-    for reward in (correctness_reward, format_reward, make_length_reward(), make_reward(SEED_000)):
+    for reward in (correctness_reward, format_reward, make_length_reward(), make_reward(TRELIS_SHAPED_REWARD)):
         values = reward([completion, None], answer=[gold, gold], completion_ids=[None, [1]])
         assert len(values) == 2 and all(isinstance(v, float) for v in values)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(-10**9, 10**9), st.text(alphabet="abc xyz.\n", max_size=40))
+@given(st.integers(-(10**9), 10**9), st.text(alphabet="abc xyz.\n", max_size=40))
 def test_final_marker_is_always_found(n, prefix):
     assert extract_answer(f"{prefix}\n#### {n:,}") == str(n)
     assert is_correct(f"{prefix}\n#### {n}", f"{n:,}")
@@ -285,12 +318,25 @@ def test_rewards_run_inside_trl_grpo_trainer(grpo_trainer, pocket, conversationa
 
     _, tokenizer = pocket
     problems = [p for p in pocket_math.pocket_test_set(20) if p["n_steps"] <= 2][:3]  # short: they finish
-    rows = [{"prompt": [{"role": "user", "content": p["question"]}] if conversational
-             else tokenizer.apply_chat_template([{"role": "user", "content": p["question"]}],
-                                                tokenize=False, add_generation_prompt=True),
-             "answer": p["answer"]} for p in problems]
-    config = RewardConfig(correctness_weight=2.0, format_weight=1.0, length_weight=0.5,
-                          format_needs_correct=False, max_length=60, length_buffer=30)
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": p["question"]}]
+            if conversational
+            else tokenizer.apply_chat_template(
+                [{"role": "user", "content": p["question"]}], tokenize=False, add_generation_prompt=True
+            ),
+            "answer": p["answer"],
+        }
+        for p in problems
+    ]
+    config = RewardConfig(
+        correctness_weight=2.0,
+        format_weight=1.0,
+        length_weight=0.5,
+        format_needs_correct=False,
+        max_length=60,
+        length_buffer=30,
+    )
     funcs, weights = trl_reward_funcs(config)
     seen = []
 
@@ -298,8 +344,9 @@ def test_rewards_run_inside_trl_grpo_trainer(grpo_trainer, pocket, conversationa
         seen.append((completions, kwargs))
         return [0.0] * len(completions)
 
-    trainer = grpo_trainer(rows, funcs + [spy], 4, reward_weights=weights + [0.0],
-                           max_completion_length=80, temperature=1.0)
+    trainer = grpo_trainer(
+        rows, funcs + [spy], 4, reward_weights=weights + [0.0], max_completion_length=80, temperature=1.0
+    )
     out = trl_scored_batch(trainer, 4)
     completions, kwargs = seen[-1]
     assert isinstance(completions[0], list) == conversational

@@ -20,7 +20,7 @@ def test_shapes_masks_and_eos(pocket):
     for ids, mask, length in zip(out.completion_ids, out.completion_mask, out.lengths):
         assert mask[:length].all() and not mask[length:].any()
         eos_positions = (ids[:length] == tok.eos_token_id).nonzero().flatten().tolist()
-        assert eos_positions in ([], [int(length) - 1])   # EOS only as the last real token
+        assert eos_positions in ([], [int(length) - 1])  # EOS only as the last real token
         assert (ids[length:] == tok.pad_token_id).all()
     assert (out.logprobs[out.completion_mask == 0] == 0).all()
     assert (out.logprobs[out.completion_mask == 1] <= 0).all()
@@ -41,18 +41,24 @@ def test_logprobs_match_a_forward_pass(pocket):
     model, tok = pocket
     prompts = _prompts(tok, 2)
     out = sample(model, tok, prompts, n=2, temperature=0.7, max_new_tokens=80, seed=1)
-    enc = tok([prompts[i] for i in out.prompt_index], return_tensors="pt", padding=True,
-              add_special_tokens=False, padding_side="left")
+    enc = tok(
+        [prompts[i] for i in out.prompt_index],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+        padding_side="left",
+    )
     with torch.no_grad():
-        recomputed = completion_logprobs(model, enc["input_ids"], enc["attention_mask"],
-                                         out.completion_ids, out.completion_mask, temperature=0.7)
+        recomputed = completion_logprobs(
+            model, enc["input_ids"], enc["attention_mask"], out.completion_ids, out.completion_mask, temperature=0.7
+        )
     torch.testing.assert_close(recomputed, out.logprobs, atol=1e-4, rtol=1e-4)
 
 
 def test_greedy_is_deterministic_and_stops_at_eos(pocket):
     model, tok = pocket
     a = sample(model, tok, _prompts(tok, 2), n=2, temperature=0, max_new_tokens=200)
-    assert a.texts[0] == a.texts[1]          # greedy: both samples of a prompt agree
+    assert a.texts[0] == a.texts[1]  # greedy: both samples of a prompt agree
     assert all("####" in t for t in a.texts)  # the pocket model answers in GSM8K format
     assert (a.lengths < 200).all()
 
@@ -78,8 +84,14 @@ def test_group_selects_one_prompts_completions(pocket):
     from course_lib.sampling import sample
 
     model, tok = pocket
-    samples = sample(model, tok, ["<|begin|><|user|>\n1+1?\n<|assistant|>\n", "<|begin|><|user|>\n2+2?\n<|assistant|>\n"],
-                     n=3, max_new_tokens=6, seed=0)
+    samples = sample(
+        model,
+        tok,
+        ["<|begin|><|user|>\n1+1?\n<|assistant|>\n", "<|begin|><|user|>\n2+2?\n<|assistant|>\n"],
+        n=3,
+        max_new_tokens=6,
+        seed=0,
+    )
     second = samples.group(1)
     assert second.prompts == samples.prompts[1:] and second.texts == samples.texts[3:]
     assert second.prompt_index == [0, 0, 0]

@@ -8,7 +8,8 @@ import pytest
 from course_lib import showdown
 from course_lib.__main__ import main
 from course_lib.config import get_profile
-from course_lib.rewards import SEED_000
+from course_lib.report import ArmResult, load_report, report_name
+from course_lib.rewards import TRELIS_SHAPED_REWARD
 from course_lib.showdown import ARMS, plan_for
 
 FAST_METRICS = {"per_sample_accuracy", "pass@4", "maj@4", "consistency@4"}
@@ -16,23 +17,27 @@ FAST_METRICS = {"per_sample_accuracy", "pass@4", "maj@4", "consistency@4"}
 
 # --------------------------------------------------------------------------- the plan
 
+
 def test_pocket_plan_matches_the_generation_budget_of_every_arm():
     plan = plan_for(get_profile("pocket", fast=False))
     assert (plan.questions, plan.k, plan.n_eval) == (128, 8, 200)
     rs, orpo, grpo = plan.rs, plan.orpo, plan.grpo
-    budgets = {rs.rounds * rs.questions_per_round * rs.k, orpo.questions * orpo.k,
-               grpo.steps * grpo.prompts_per_step * grpo.group_size}
+    budgets = {
+        rs.rounds * rs.questions_per_round * rs.k,
+        orpo.questions * orpo.k,
+        grpo.steps * grpo.prompts_per_step * grpo.group_size,
+    }
     assert budgets == {plan.completions_per_arm} == {1024}
     assert rs.rounds == 1 and rs.epochs == 1 and orpo.epochs == 1
-    assert grpo.reward == SEED_000 and grpo.beta > 0 and grpo.epsilon_low == 0.2
+    assert grpo.reward == TRELIS_SHAPED_REWARD and grpo.beta > 0 and grpo.epsilon_low == 0.2
     assert rs.max_new_tokens == orpo.max_new_tokens == grpo.max_new_tokens
 
 
 def test_gpu_plan_mirrors_seed_000_and_takes_a_documented_subset():
     profile = get_profile("gpu", fast=False)
     plan = plan_for(profile)
-    assert plan.questions == 7472 and plan.k == 8 and plan.n_eval == 1319   # 7,473 down to whole steps of 8
-    assert plan.rs.rounds == 1 and plan.rs.max_per_question is None and plan.grpo.reward == SEED_000
+    assert plan.questions == 7472 and plan.k == 8 and plan.n_eval == 1319  # 7,473 down to whole steps of 8
+    assert plan.rs.rounds == 1 and plan.rs.max_per_question is None and plan.grpo.reward == TRELIS_SHAPED_REWARD
     subset = plan_for(profile, questions=1000, n_eval=500)
     assert (subset.questions, subset.grpo.steps, subset.n_eval) == (1000, 125, 500)
     with pytest.raises(ValueError, match="at least 8 training questions"):
@@ -40,15 +45,15 @@ def test_gpu_plan_mirrors_seed_000_and_takes_a_documented_subset():
 
 
 def test_the_fingerprint_changes_with_any_setting():
-    plan = plan_for(get_profile("pocket", fast=True), fast=True)
-    assert plan.fingerprint() == plan_for(get_profile("pocket", fast=True), fast=True).fingerprint()
+    plan = plan_for(get_profile("pocket", fast=True))
+    assert plan.fingerprint() == plan_for(get_profile("pocket", fast=True)).fingerprint()
     other = dataclasses.replace(plan, orpo=dataclasses.replace(plan.orpo, beta=0.2))
     assert other.fingerprint() != plan.fingerprint()
 
 
 def test_report_names_never_let_a_fast_run_overwrite_a_full_one():
     def name(profile, fast):
-        return showdown.report_name({"profile": profile, "fast": fast})
+        return report_name(profile, fast)
 
     assert name("pocket", False) == "showdown"
     assert len({name("pocket", False), name("pocket", True), name("gpu", False), name("gpu", True)}) == 4
@@ -61,10 +66,11 @@ def test_unknown_profile_is_a_clear_error(capsys):
 
 def test_missing_report_says_how_to_make_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="course_lib showdown"):
-        showdown.load_report(tmp_path / "showdown.json")
+        load_report(tmp_path / "showdown.json")
 
 
 # --------------------------------------------------------------------------- end to end, fast mode
+
 
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory):
@@ -77,7 +83,7 @@ def test_the_json_has_every_arm_and_metric(fast_run):
     report = json.loads((fast_run / "showdown-fast.json").read_text())
     assert list(report["arms"]) == list(ARMS) and set(report["changes"]) == set(ARMS[1:])
     n_eval = report["plan"]["n_eval"]
-    for arm, record in report["arms"].items():
+    for record in report["arms"].values():
         assert set(record["metrics"]) == FAST_METRICS == set(record["per_problem"])
         for metric, m in record["metrics"].items():
             assert 0 <= m["ci_low"] <= m["value"] <= m["ci_high"] <= 1
@@ -109,7 +115,7 @@ def test_markdown_and_html_reports_show_every_arm(fast_run):
     for label in showdown.LABELS.values():
         assert f"| {label} |" in markdown and f"<td>{label}</td>" in page
     assert "paired 95 % interval" in markdown
-    assert page.count("Plotly.newPlot") == 4 and "plotly.js" in page.lower()   # script inlined: opens offline
+    assert page.count("Plotly.newPlot") == 4 and "plotly.js" in page.lower()  # script inlined: opens offline
 
 
 def test_a_rerun_loads_every_finished_arm(fast_run, monkeypatch):
@@ -118,17 +124,22 @@ def test_a_rerun_loads_every_finished_arm(fast_run, monkeypatch):
 
     monkeypatch.setattr(showdown, "RUNNERS", {arm: refuse for arm in ARMS})
     before = json.loads((fast_run / "showdown-fast.json").read_text())
-    again = showdown.run_showdown(get_profile("pocket", fast=True), plan_for(get_profile("pocket", fast=True), fast=True),
-                                  out_dir=fast_run, progress=False, log=lambda _: None)
-    assert again["resumed"] == list(ARMS)
-    assert again["arms"] == before["arms"]
+    again = showdown.run_showdown(
+        get_profile("pocket", fast=True),
+        plan_for(get_profile("pocket", fast=True)),
+        out_dir=fast_run,
+        progress=False,
+        log=lambda _: None,
+    )
+    assert again.resumed == list(ARMS)
+    assert again.to_json()["arms"] == before["arms"]
 
 
 def test_an_interrupted_run_redoes_only_the_missing_arm_with_the_same_numbers(fast_run, monkeypatch):
     profile = get_profile("pocket", fast=True)
-    plan = plan_for(profile, fast=True)
+    plan = plan_for(profile)
     first = json.loads((fast_run / "showdown-fast.json").read_text())
-    (fast_run / "arms-pocket-fast" / "orpo.json").unlink()          # as if killed during ORPO
+    (fast_run / "arms-pocket-fast" / "orpo.json").unlink()  # as if killed during ORPO
 
     def refuse(study):
         raise AssertionError("a finished arm was run again")
@@ -137,16 +148,16 @@ def test_an_interrupted_run_redoes_only_the_missing_arm_with_the_same_numbers(fa
         raise AssertionError("the shared pool was sampled again instead of read from disk")
 
     monkeypatch.setattr(showdown, "RUNNERS", {**{arm: refuse for arm in ARMS}, "orpo": showdown.run_orpo})
-    monkeypatch.setattr("course_lib.train.rejection_sampling.sample_pool", no_sampling)
+    monkeypatch.setattr(showdown, "sample_pool", no_sampling)
     again = showdown.run_showdown(profile, plan, out_dir=fast_run, progress=False, log=lambda _: None)
-    assert again["resumed"] == ["base", "sft_rs", "grpo"]
-    assert again["arms"]["orpo"]["metrics"] == first["arms"]["orpo"]["metrics"]      # same seeds, same numbers
+    assert again.resumed == ["base", "sft_rs", "grpo"]
+    assert again.to_json()["arms"]["orpo"]["metrics"] == first["arms"]["orpo"]["metrics"]  # same seeds, same numbers
     assert (fast_run / "arms-pocket-fast" / "orpo.json").is_file()
 
 
 def test_an_arm_saved_under_another_plan_is_not_reused(fast_run):
     profile = get_profile("pocket", fast=True)
-    plan = plan_for(profile, fast=True)
+    plan = plan_for(profile)
     other = dataclasses.replace(plan, grpo=dataclasses.replace(plan.grpo, learning_rate=1e-5))
     messages = []
     assert showdown.Showdown(profile, plan, fast_run, log=messages.append).load_arm("grpo") is not None
@@ -158,21 +169,22 @@ def test_paired_table_counts_the_problems_where_arms_disagree(fast_run):
     from course_lib.analysis import paired_table
     from course_lib.widgets import paired_comparison
 
-    report = json.loads((fast_run / "showdown-fast.json").read_text())
+    report = load_report(fast_run / "showdown-fast.json")
     table = paired_table(report, "grpo", "base", "maj@4")
-    assert table.to_numpy().sum() == report["plan"]["n_eval"]
-    grpo, base = report["arms"]["grpo"]["per_problem"]["maj@4"], report["arms"]["base"]["per_problem"]["maj@4"]
+    assert table.to_numpy().sum() == report.n_eval
+    grpo, base = report.arms["grpo"].per_problem["maj@4"], report.arms["base"].per_problem["maj@4"]
     assert table.iloc[0, 1] == sum(g == 1 and b == 0 for g, b in zip(grpo, base))
     assert "paired 95% interval" in paired_comparison(report).children[1].value
 
 
 def test_fresh_runs_every_arm_and_samples_the_pool_again(fast_run, monkeypatch):
-    import course_lib.train.rejection_sampling as rs
-
     profile = get_profile("pocket", fast=True)
-    saved = {arm: json.loads((fast_run / "arms-pocket-fast" / f"{arm}.json").read_text()) for arm in ARMS}
+    saved = {
+        arm: ArmResult.from_json(json.loads((fast_run / "arms-pocket-fast" / f"{arm}.json").read_text()))
+        for arm in ARMS
+    }
     ran, sampled = [], []
-    real_sample_pool = rs.sample_pool
+    real_sample_pool = showdown.sample_pool
 
     def counting_sample_pool(*args, **kwargs):
         sampled.append(1)
@@ -181,9 +193,40 @@ def test_fresh_runs_every_arm_and_samples_the_pool_again(fast_run, monkeypatch):
     def replay(arm):
         return lambda study: ran.append(arm) or saved[arm]
 
-    monkeypatch.setattr(rs, "sample_pool", counting_sample_pool)
-    monkeypatch.setattr(showdown, "RUNNERS", {**{arm: replay(arm) for arm in ARMS},
-                                              "orpo": lambda study: ran.append("orpo") or showdown.run_orpo(study)})
-    report = showdown.run_showdown(profile, plan_for(profile, fast=True), out_dir=fast_run, fresh=True,
-                                   progress=False, log=lambda _: None)
-    assert ran == list(ARMS) and report["resumed"] == [] and sampled == [1]
+    monkeypatch.setattr(showdown, "sample_pool", counting_sample_pool)
+    monkeypatch.setattr(
+        showdown,
+        "RUNNERS",
+        {**{arm: replay(arm) for arm in ARMS}, "orpo": lambda study: ran.append("orpo") or showdown.run_orpo(study)},
+    )
+    report = showdown.run_showdown(
+        profile, plan_for(profile), out_dir=fast_run, fresh=True, progress=False, log=lambda _: None
+    )
+    assert ran == list(ARMS) and report.resumed == [] and sampled == [1]
+
+
+def test_the_report_is_typed_and_survives_a_json_round_trip(fast_run):
+    from course_lib.evaluation import Estimate, PairedChange
+    from course_lib.report import Budget, StudyReport
+
+    raw = json.loads((fast_run / "showdown-fast.json").read_text())
+    report = StudyReport.from_json(raw)
+    assert report.to_json() == raw  # nothing lost, nothing added
+    assert StudyReport.from_json(json.loads(json.dumps(report.to_json()))) == report
+    base, grpo = report.arms["base"], report.arms["grpo"]
+    assert isinstance(base.metrics["maj@4"], Estimate) and isinstance(grpo.budget, Budget)
+    change = report.changes["grpo"]["maj@4"]
+    assert isinstance(change, PairedChange)
+    assert str(change) == f"{change.points:+.1f} [{change.ci_low:+.1f}, {change.ci_high:+.1f}]"
+    assert report.name == "showdown-fast" and report.n_eval == raw["plan"]["n_eval"]
+
+
+def test_one_formatter_writes_every_paired_change(fast_run):
+    from course_lib.report import changes_table, markdown_report
+
+    report = load_report(fast_run / "showdown-fast.json")
+    markdown, table = markdown_report(report), changes_table(report)
+    for arm, changes in report.changes.items():
+        for metric, change in changes.items():
+            assert str(change) in markdown
+            assert table.loc[report.arms[arm].label, metric] == str(change)

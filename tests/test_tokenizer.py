@@ -18,8 +18,7 @@ def test_chat_template_matches_training_format(pocket):
     _, tok = pocket
     prompt = format_prompt(tok, "What is 2+3?")
     assert prompt == "<|begin|><|user|>\nWhat is 2+3?\n<|assistant|>\n"
-    full = tok.apply_chat_template(build_messages("Q") + [{"role": "assistant", "content": "A"}],
-                                   tokenize=False)
+    full = tok.apply_chat_template(build_messages("Q") + [{"role": "assistant", "content": "A"}], tokenize=False)
     assert full.endswith("<|assistant|>\nA<|end|>")
     with_system = format_prompt(tok, "Q", system_prompt="Be brief.")
     assert with_system.startswith("<|begin|><|system|>\nBe brief.\n<|user|>")

@@ -18,5 +18,5 @@ def test_free_port_gives_a_usable_port():
 
     port = free_port()
     with socket.socket() as s:
-        s.bind(("127.0.0.1", port))          # nobody holds it
+        s.bind(("127.0.0.1", port))  # nobody holds it
     assert 0 < port < 65536

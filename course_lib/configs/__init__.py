@@ -38,8 +38,9 @@ def deepspeed_config_path(name: str | Path) -> Path:
         return CONFIG_DIR / f"ds_{name}.json"
     path = Path(name)
     if not path.is_file():
-        raise FileNotFoundError(f"No DeepSpeed config {str(name)!r}: give one of {', '.join(NAMES)} "
-                                "or the path of a JSON file")
+        raise FileNotFoundError(
+            f"No DeepSpeed config {str(name)!r}: give one of {', '.join(NAMES)} or the path of a JSON file"
+        )
     return path
 
 
@@ -59,14 +60,25 @@ def zero_stage(config: dict) -> int:
 def offloads(config: dict) -> dict[str, bool]:
     """Which parts a config moves to the CPU: ``{"optimizer": bool, "params": bool}``."""
     zero = config.get("zero_optimization", {})
-    on_cpu = lambda key: zero.get(key, {}).get("device", "none") == "cpu"   # noqa: E731
+    on_cpu = lambda key: zero.get(key, {}).get("device", "none") == "cpu"  # noqa: E731
     return {"optimizer": on_cpu("offload_optimizer"), "params": on_cpu("offload_param")}
 
 
-def resolve_auto(config: dict, *, micro_batch_size: int, gradient_accumulation_steps: int = 1, world_size: int = 1,
-                 learning_rate: float = 1e-5, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, max_grad_norm: float = 1.0, bf16: bool = False, fp16: bool = False,
-                 hidden_size: int = 1024) -> dict:
+def resolve_auto(
+    config: dict,
+    *,
+    micro_batch_size: int,
+    gradient_accumulation_steps: int = 1,
+    world_size: int = 1,
+    learning_rate: float = 1e-5,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    max_grad_norm: float = 1.0,
+    bf16: bool = False,
+    fp16: bool = False,
+    hidden_size: int = 1024,
+) -> dict:
     """A copy of ``config`` with every ``"auto"`` replaced as the Hugging Face Trainer does it.
 
     ``train_batch_size = micro_batch_size * gradient_accumulation_steps * world_size``; the bucket
@@ -77,9 +89,12 @@ def resolve_auto(config: dict, *, micro_batch_size: int, gradient_accumulation_s
         "gradient_accumulation_steps": gradient_accumulation_steps,
         "train_batch_size": micro_batch_size * gradient_accumulation_steps * world_size,
         "gradient_clipping": max_grad_norm,
-        "bf16.enabled": bf16, "fp16.enabled": fp16,
-        "optimizer.params.lr": learning_rate, "optimizer.params.betas": list(betas),
-        "optimizer.params.eps": eps, "optimizer.params.weight_decay": weight_decay,
+        "bf16.enabled": bf16,
+        "fp16.enabled": fp16,
+        "optimizer.params.lr": learning_rate,
+        "optimizer.params.betas": list(betas),
+        "optimizer.params.eps": eps,
+        "optimizer.params.weight_decay": weight_decay,
         "zero_optimization.reduce_bucket_size": hidden_size * hidden_size,
         "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
         "zero_optimization.stage3_param_persistence_threshold": 10 * hidden_size,
@@ -93,15 +108,17 @@ def resolve_auto(config: dict, *, micro_batch_size: int, gradient_accumulation_s
                 fill(value, name + ".")
             elif value == "auto":
                 if name not in values:
-                    raise DeepSpeedConfigError(f"'{name}' is \"auto\", which only the Hugging Face Trainer "
-                                               "knows how to fill for keys it owns; write a value instead")
+                    raise DeepSpeedConfigError(
+                        f"'{name}' is \"auto\", which only the Hugging Face Trainer "
+                        "knows how to fill for keys it owns; write a value instead"
+                    )
                 node[key] = values[name]
 
     fill(resolved, "")
     return resolved
 
 
-def validate(config: dict | str | Path, world_size: int = 1, **auto) -> "deepspeed.runtime.config.DeepSpeedConfig":  # noqa: F821
+def validate(config: dict | str | Path, world_size: int = 1, **auto) -> deepspeed.runtime.config.DeepSpeedConfig:  # noqa: F821
     """Check a config with DeepSpeed's own classes (``deepspeed.runtime.config.DeepSpeedConfig``)
     after filling its ``"auto"`` values with ``auto`` (the arguments of :func:`resolve_auto`), for a
     run on ``world_size`` processes.
@@ -109,14 +126,17 @@ def validate(config: dict | str | Path, world_size: int = 1, **auto) -> "deepspe
     Returns DeepSpeed's parsed config. Raises :class:`DeepSpeedConfigError` saying what is wrong:
     an unknown or misspelt key, a value of the wrong type, or batch sizes that do not multiply up.
     """
+    # lazy: DeepSpeed takes seconds to import and only validation needs it
     import pydantic
     from deepspeed.runtime.config import DeepSpeedConfig
 
     raw = load_deepspeed_config(config) if not isinstance(config, dict) else config
     resolved = resolve_auto(raw, world_size=world_size, **auto) if auto else copy.deepcopy(raw)
     if "auto" in json.dumps(resolved):
-        raise DeepSpeedConfigError("the config still holds \"auto\" values: pass the training settings "
-                                   "(micro_batch_size=..., world_size=...) to fill them, as the Trainer would")
+        raise DeepSpeedConfigError(
+            'the config still holds "auto" values: pass the training settings '
+            "(micro_batch_size=..., world_size=...) to fill them, as the Trainer would"
+        )
     # DeepSpeed checks train_batch_size against the world size of a running process group; outside
     # one it assumes 1 process, so the product for world_size processes is checked here instead.
     total = resolved.pop("train_batch_size", None)
@@ -125,13 +145,16 @@ def validate(config: dict | str | Path, world_size: int = 1, **auto) -> "deepspe
         raise DeepSpeedConfigError(
             f"train_batch_size is {total}, but train_micro_batch_size_per_gpu x gradient_accumulation_steps x "
             f"processes = {micro} x {steps} x {world_size} = {micro * steps * world_size}: the three must multiply "
-            "up. Leave them \"auto\" and the Trainer computes them")
+            'up. Leave them "auto" and the Trainer computes them'
+        )
     try:
         return DeepSpeedConfig(resolved)
     except pydantic.ValidationError as e:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise DeepSpeedConfigError(f"DeepSpeed rejects the config ({problems}). An 'extra inputs' error is an "
-                                   "unknown key: check its spelling against the shipped configs") from e
+        raise DeepSpeedConfigError(
+            f"DeepSpeed rejects the config ({problems}). An 'extra inputs' error is an "
+            "unknown key: check its spelling against the shipped configs"
+        ) from e
     except AssertionError as e:
         raise DeepSpeedConfigError(f"DeepSpeed rejects the config: {e}") from e
 
@@ -142,8 +165,10 @@ def accelerate_config(name: str, out_dir: str | Path, num_processes: int = 2, nu
     if name not in NAMES:
         raise ValueError(f"unknown config {name!r}; choose one of {', '.join(NAMES)}")
     text = (CONFIG_DIR / f"accelerate_{name}.yaml").read_text()
-    text = text.replace(f"deepspeed_config_file: course_lib/configs/ds_{name}.json",
-                        f"deepspeed_config_file: {CONFIG_DIR / f'ds_{name}.json'}")
+    text = text.replace(
+        f"deepspeed_config_file: course_lib/configs/ds_{name}.json",
+        f"deepspeed_config_file: {CONFIG_DIR / f'ds_{name}.json'}",
+    )
     text = text.replace("num_processes: 2", f"num_processes: {num_processes * num_machines}")
     text = text.replace("num_machines: 1", f"num_machines: {num_machines}")
     path = Path(out_dir) / f"accelerate_{name}.yaml"

@@ -28,29 +28,55 @@ DISHES = ["soup", "bread", "pie", "stew", "cake", "rice", "fish", "cheese", "hon
 RELATIONS: dict[str, dict] = {
     "flag": {
         "values": COLOURS,
-        "questions": ["What colour is the flag of {town}?",
-                      "Which colour does the flag of {town} have?",
-                      "Tell me the colour of the flag of {town}."],
+        "questions": [
+            "What colour is the flag of {town}?",
+            "Which colour does the flag of {town} have?",
+            "Tell me the colour of the flag of {town}.",
+        ],
         "answer": "The flag of {town} is {value}.",
     },
     "animal": {
         "values": ANIMALS,
-        "questions": ["Which animal is the symbol of {town}?",
-                      "What is the animal of {town}?",
-                      "Name the symbol animal of {town}."],
+        "questions": [
+            "Which animal is the symbol of {town}?",
+            "What is the animal of {town}?",
+            "Name the symbol animal of {town}.",
+        ],
         "answer": "The animal of {town} is the {value}.",
     },
     "dish": {
         "values": DISHES,
-        "questions": ["What dish is {town} famous for?",
-                      "Which food is {town} known for?",
-                      "Name the famous dish of {town}."],
+        "questions": [
+            "What dish is {town} famous for?",
+            "Which food is {town} known for?",
+            "Name the famous dish of {town}.",
+        ],
         "answer": "{town} is famous for its {value}.",
     },
 }
 
-_SYLLABLES = ["bri", "ndle", "cor", "mav", "ost", "ell", "pan", "dor", "vin", "tar",
-              "lum", "esk", "rho", "gal", "wen", "sor", "tib", "quel", "mar", "zen"]
+_SYLLABLES = [
+    "bri",
+    "ndle",
+    "cor",
+    "mav",
+    "ost",
+    "ell",
+    "pan",
+    "dor",
+    "vin",
+    "tar",
+    "lum",
+    "esk",
+    "rho",
+    "gal",
+    "wen",
+    "sor",
+    "tib",
+    "quel",
+    "mar",
+    "zen",
+]
 
 
 @dataclass(frozen=True)
@@ -85,8 +111,12 @@ def build_knowledge_base(n_towns: int = 40, seed: int = 0) -> list[Fact]:
 
 def training_examples(facts: list[Fact]) -> list[dict]:
     """Question/answer pairs for pretraining: every fact in its two non-held-out phrasings."""
-    return [{"question": f.question(i), "solution": f.answer(), "kind": "fact"}
-            for f in facts for i in range(3) if i != f.held_out_template]
+    return [
+        {"question": f.question(i), "solution": f.answer(), "kind": "fact"}
+        for f in facts
+        for i in range(3)
+        if i != f.held_out_template
+    ]
 
 
 def probe_set(facts: list[Fact]) -> list[dict]:
@@ -95,7 +125,12 @@ def probe_set(facts: list[Fact]) -> list[dict]:
     Each record carries the candidate answers (one per value of the relation) so the
     probe can be scored as multiple choice by log-likelihood; chance is 1/len(values).
     """
-    return [{"question": f.question(f.held_out_template), "answer": f.value,
-             "relation": f.relation,
-             "candidates": {v: f.answer(v) for v in RELATIONS[f.relation]["values"]}}
-            for f in facts]
+    return [
+        {
+            "question": f.question(f.held_out_template),
+            "answer": f.value,
+            "relation": f.relation,
+            "candidates": {v: f.answer(v) for v in RELATIONS[f.relation]["values"]},
+        }
+        for f in facts
+    ]

@@ -21,6 +21,8 @@ import os
 import re
 from pathlib import Path
 
+import pandas as pd
+
 SPLITS = ("train", "test")
 _ANNOTATION = re.compile(r"<<[^>]*>>")
 _FINAL = re.compile(r"####\s*(.+?)\s*$")
@@ -50,10 +52,10 @@ def solution_steps(solution: str) -> list[str]:
 
 def parse_record(raw: dict, where: str = "record") -> dict:
     """Turn a raw GSM8K row ``{"question", "answer"}`` into a course record."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("question"), str) \
-            or not isinstance(raw.get("answer"), str):
-        raise GSM8KFormatError(f"{where}: expected an object with string fields 'question' and "
-                               f"'answer', got {str(raw)[:120]!r}")
+    if not isinstance(raw, dict) or not isinstance(raw.get("question"), str) or not isinstance(raw.get("answer"), str):
+        raise GSM8KFormatError(
+            f"{where}: expected an object with string fields 'question' and 'answer', got {str(raw)[:120]!r}"
+        )
     final = _FINAL.search(raw["answer"])
     if not final:
         raise GSM8KFormatError(f"{where}: the 'answer' field has no final '#### <number>' line")
@@ -92,17 +94,17 @@ def _from_hub(split: str) -> list[dict]:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         raise FileNotFoundError(f"No local GSM8K copy and HF_HUB_OFFLINE is set. {HOW_TO_PROVIDE}")
     try:
-        from datasets import load_dataset
+        from datasets import load_dataset  # lazy: only without a local copy, online (and datasets is slow to import)
 
         rows = load_dataset("openai/gsm8k", "main", split=split)
     except Exception as e:  # no network, hub down, ...: one clear message either way
-        raise FileNotFoundError(f"No local GSM8K copy, and the hub download failed "
-                                f"({type(e).__name__}: {e}). {HOW_TO_PROVIDE}") from e
+        raise FileNotFoundError(
+            f"No local GSM8K copy, and the hub download failed ({type(e).__name__}: {e}). {HOW_TO_PROVIDE}"
+        ) from e
     return [parse_record(r, f"hub openai/gsm8k {split}[{i}]") for i, r in enumerate(rows)]
 
 
-def load_gsm8k(split: str = "test", data_dir: str | Path | None = None,
-               annotations: bool = True) -> list[dict]:
+def load_gsm8k(split: str = "test", data_dir: str | Path | None = None, annotations: bool = True) -> list[dict]:
     """Load one GSM8K split as a list of ``{"question", "solution", "answer"}`` records."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -120,18 +122,18 @@ def gsm8k_stats(data: dict[str, list[dict]]):
     lines before ``####``), ``mean_annotations`` (calculator calls per solution),
     ``median_answer`` and ``share_integer_answers``.
     """
-    import pandas as pd
-
     rows = []
     for split, records in data.items():
         answers = [float(r["answer"]) for r in records]
-        rows.append({
-            "split": split,
-            "rows": len(records),
-            "mean_question_words": sum(len(r["question"].split()) for r in records) / len(records),
-            "mean_solution_steps": sum(len(solution_steps(r["solution"])) for r in records) / len(records),
-            "mean_annotations": sum(len(_ANNOTATION.findall(r["solution"])) for r in records) / len(records),
-            "median_answer": float(pd.Series(answers).median()),
-            "share_integer_answers": sum(a.is_integer() for a in answers) / len(answers),
-        })
+        rows.append(
+            {
+                "split": split,
+                "rows": len(records),
+                "mean_question_words": sum(len(r["question"].split()) for r in records) / len(records),
+                "mean_solution_steps": sum(len(solution_steps(r["solution"])) for r in records) / len(records),
+                "mean_annotations": sum(len(_ANNOTATION.findall(r["solution"])) for r in records) / len(records),
+                "median_answer": float(pd.Series(answers).median()),
+                "share_integer_answers": sum(a.is_integer() for a in answers) / len(answers),
+            }
+        )
     return pd.DataFrame(rows).set_index("split")

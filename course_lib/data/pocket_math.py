@@ -26,23 +26,53 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 NAMES: list[tuple[str, str, str]] = [  # (name, subject pronoun, possessive)
-    ("Mia", "she", "her"), ("Leo", "he", "his"), ("Ava", "she", "her"),
-    ("Noah", "he", "his"), ("Zoe", "she", "her"), ("Omar", "he", "his"),
-    ("Lena", "she", "her"), ("Ravi", "he", "his"), ("Iris", "she", "her"),
-    ("Tom", "he", "his"), ("Nina", "she", "her"), ("Sam", "he", "his"),
-    ("Maya", "she", "her"), ("Ben", "he", "his"), ("Aisha", "she", "her"),
-    ("Kai", "he", "his"), ("Ella", "she", "her"), ("Hugo", "he", "his"),
-    ("Rosa", "she", "her"), ("Ivan", "he", "his"), ("Lucy", "she", "her"),
-    ("Finn", "he", "his"), ("Sara", "she", "her"), ("Jack", "he", "his"),
+    ("Mia", "she", "her"),
+    ("Leo", "he", "his"),
+    ("Ava", "she", "her"),
+    ("Noah", "he", "his"),
+    ("Zoe", "she", "her"),
+    ("Omar", "he", "his"),
+    ("Lena", "she", "her"),
+    ("Ravi", "he", "his"),
+    ("Iris", "she", "her"),
+    ("Tom", "he", "his"),
+    ("Nina", "she", "her"),
+    ("Sam", "he", "his"),
+    ("Maya", "she", "her"),
+    ("Ben", "he", "his"),
+    ("Aisha", "she", "her"),
+    ("Kai", "he", "his"),
+    ("Ella", "she", "her"),
+    ("Hugo", "he", "his"),
+    ("Rosa", "she", "her"),
+    ("Ivan", "he", "his"),
+    ("Lucy", "she", "her"),
+    ("Finn", "he", "his"),
+    ("Sara", "she", "her"),
+    ("Jack", "he", "his"),
 ]
 FRIENDS = ["Anna", "Max", "Eli", "Tara", "Paul", "Jade", "Ken", "Olga", "Raj", "Uma"]
 OBJECTS = [
-    "apples", "marbles", "stickers", "books", "pencils", "cookies", "coins", "shells",
-    "cards", "stamps", "balloons", "eggs", "beads", "candles", "buttons", "toy cars",
+    "apples",
+    "marbles",
+    "stickers",
+    "books",
+    "pencils",
+    "cookies",
+    "coins",
+    "shells",
+    "cards",
+    "stamps",
+    "balloons",
+    "eggs",
+    "beads",
+    "candles",
+    "buttons",
+    "toy cars",
 ]
 PLACES = ["garden", "attic", "park", "kitchen", "school", "garage"]
 CONTAINERS = {"bags": "bag", "boxes": "box", "jars": "jar", "packs": "pack", "baskets": "basket"}
@@ -83,14 +113,22 @@ def _op_add(s: _Story, max_value: int) -> tuple[list[str], list[str], int] | Non
     b = s.rng.randint(2, min(50, room))
     c = s.value + b
     friend, place = s.rng.choice(FRIENDS), s.rng.choice(PLACES)
-    q, sol = s.rng.choice([
-        (f"{_cap(s.pron)} buys {b} more {s.obj}.",
-         f"{_cap(s.pron)} buys {b} more, so {s.pron} has {_calc(s.value, '+', b, c)} {s.obj}."),
-        (f"{friend} gives {s.name} {b} {s.obj}.",
-         f"After {friend}'s gift {s.name} has {_calc(s.value, '+', b, c)} {s.obj}."),
-        (f"{_cap(s.pron)} finds {b} {s.obj} in the {place}.",
-         f"With the {b} found in the {place}, {s.pron} has {_calc(s.value, '+', b, c)} {s.obj}."),
-    ])
+    q, sol = s.rng.choice(
+        [
+            (
+                f"{_cap(s.pron)} buys {b} more {s.obj}.",
+                f"{_cap(s.pron)} buys {b} more, so {s.pron} has {_calc(s.value, '+', b, c)} {s.obj}.",
+            ),
+            (
+                f"{friend} gives {s.name} {b} {s.obj}.",
+                f"After {friend}'s gift {s.name} has {_calc(s.value, '+', b, c)} {s.obj}.",
+            ),
+            (
+                f"{_cap(s.pron)} finds {b} {s.obj} in the {place}.",
+                f"With the {b} found in the {place}, {s.pron} has {_calc(s.value, '+', b, c)} {s.obj}.",
+            ),
+        ]
+    )
     return [q], [sol], c
 
 
@@ -100,14 +138,22 @@ def _op_sub(s: _Story, max_value: int) -> tuple[list[str], list[str], int] | Non
     b = s.rng.randint(1, min(50, s.value - 1))
     c = s.value - b
     friend = s.rng.choice(FRIENDS)
-    q, sol = s.rng.choice([
-        (f"{_cap(s.pron)} gives {b} {s.obj} to {friend}.",
-         f"After giving {b} to {friend}, {s.pron} has {_calc(s.value, '-', b, c)} {s.obj}."),
-        (f"{_cap(s.pron)} loses {b} {s.obj}.",
-         f"{_cap(s.pron)} loses {b}, so {s.pron} has {_calc(s.value, '-', b, c)} {s.obj} left."),
-        (f"{_cap(s.pron)} sells {b} {s.obj} at the market.",
-         f"After selling {b}, {s.pron} has {_calc(s.value, '-', b, c)} {s.obj}."),
-    ])
+    q, sol = s.rng.choice(
+        [
+            (
+                f"{_cap(s.pron)} gives {b} {s.obj} to {friend}.",
+                f"After giving {b} to {friend}, {s.pron} has {_calc(s.value, '-', b, c)} {s.obj}.",
+            ),
+            (
+                f"{_cap(s.pron)} loses {b} {s.obj}.",
+                f"{_cap(s.pron)} loses {b}, so {s.pron} has {_calc(s.value, '-', b, c)} {s.obj} left.",
+            ),
+            (
+                f"{_cap(s.pron)} sells {b} {s.obj} at the market.",
+                f"After selling {b}, {s.pron} has {_calc(s.value, '-', b, c)} {s.obj}.",
+            ),
+        ]
+    )
     return [q], [sol], c
 
 
@@ -118,11 +164,19 @@ def _op_mul(s: _Story, max_value: int) -> tuple[list[str], list[str], int] | Non
     k = s.rng.choice(ks)
     c = s.value * k
     word = {2: "doubles", 3: "triples"}.get(k)
-    options = [(f"Then {s.pron} ends up with {k} times as many {s.obj} as before.",
-                f"{k} times as many is {_calc(s.value, '*', k, c)} {s.obj}.")]
+    options = [
+        (
+            f"Then {s.pron} ends up with {k} times as many {s.obj} as before.",
+            f"{k} times as many is {_calc(s.value, '*', k, c)} {s.obj}.",
+        )
+    ]
     if word:
-        options.append((f"Then the number of {s.obj} {s.pron} has {word}.",
-                        f"The number {word}, so {s.pron} has {_calc(s.value, '*', k, c)} {s.obj}."))
+        options.append(
+            (
+                f"Then the number of {s.obj} {s.pron} has {word}.",
+                f"The number {word}, so {s.pron} has {_calc(s.value, '*', k, c)} {s.obj}.",
+            )
+        )
     q, sol = s.rng.choice(options)
     return [q], [sol], c
 
@@ -134,10 +188,16 @@ def _op_div(s: _Story, max_value: int) -> tuple[list[str], list[str], int] | Non
     k = s.rng.choice(ks)
     c = s.value // k
     if k == 2 and s.rng.random() < 0.5:
-        return ([f"{_cap(s.pron)} gives away half of {s.poss} {s.obj}."],
-                [f"Half of them are gone, so {s.pron} keeps {_calc(s.value, '/', 2, c)} {s.obj}."], c)
-    return ([f"{_cap(s.pron)} splits {s.poss} {s.obj} into {k} equal groups and keeps one group."],
-            [f"One group holds {_calc(s.value, '/', k, c)} {s.obj}."], c)
+        return (
+            [f"{_cap(s.pron)} gives away half of {s.poss} {s.obj}."],
+            [f"Half of them are gone, so {s.pron} keeps {_calc(s.value, '/', 2, c)} {s.obj}."],
+            c,
+        )
+    return (
+        [f"{_cap(s.pron)} splits {s.poss} {s.obj} into {k} equal groups and keeps one group."],
+        [f"One group holds {_calc(s.value, '/', k, c)} {s.obj}."],
+        c,
+    )
 
 
 def _op_groups(s: _Story, max_value: int) -> tuple[list[str], list[str], int] | None:
@@ -149,8 +209,11 @@ def _op_groups(s: _Story, max_value: int) -> tuple[list[str], list[str], int] | 
     c = s.value + p
     box = s.rng.choice(list(CONTAINERS))
     q = f"{_cap(s.pron)} buys {k} {box} with {m} {s.obj} in each {CONTAINERS[box]}."
-    return [q], [f"The {box} hold {_calc(k, '*', m, p)} {s.obj}.",
-                 f"{s.name} has {_calc(s.value, '+', p, c)} {s.obj} now."], c
+    return (
+        [q],
+        [f"The {box} hold {_calc(k, '*', m, p)} {s.obj}.", f"{s.name} has {_calc(s.value, '+', p, c)} {s.obj} now."],
+        c,
+    )
 
 
 OPERATIONS = {"add": _op_add, "sub": _op_sub, "mul": _op_mul, "div": _op_div, "groups": _op_groups}
@@ -176,9 +239,15 @@ def make_problem(rng: random.Random, n_steps: int, max_value: int = 200) -> dict
     obj = rng.choice(OBJECTS)
     start = rng.randint(2, min(60, max_value - 1))
     s = _Story(name, pron, poss, obj, start, rng)
-    q_parts = [rng.choice([f"{name} has {start} {obj}.",
-                           f"{name} starts the day with {start} {obj}.",
-                           f"{name} collected {start} {obj}."])]
+    q_parts = [
+        rng.choice(
+            [
+                f"{name} has {start} {obj}.",
+                f"{name} starts the day with {start} {obj}.",
+                f"{name} collected {start} {obj}.",
+            ]
+        )
+    ]
     sol_lines: list[str] = []
     steps = 0
     while steps < n_steps:
@@ -199,8 +268,9 @@ def make_problem(rng: random.Random, n_steps: int, max_value: int = 200) -> dict
     }
 
 
-def iter_problems(split: str, seed: int = 0, min_steps: int = 1, max_steps: int = 4,
-                  max_value: int = 200, test_fraction: float = 0.1) -> Iterator[dict]:
+def iter_problems(
+    split: str, seed: int = 0, min_steps: int = 1, max_steps: int = 4, max_value: int = 200, test_fraction: float = 0.1
+) -> Iterator[dict]:
     """An endless, reproducible stream of problems that belong to ``split``.
 
     The number of steps is drawn uniformly from ``[min_steps, max_steps]`` (the
@@ -218,8 +288,15 @@ def iter_problems(split: str, seed: int = 0, min_steps: int = 1, max_steps: int 
             yield problem
 
 
-def generate(n: int, split: str = "train", seed: int = 0, min_steps: int = 1,
-             max_steps: int = 4, max_value: int = 200, unique: bool = True) -> list[dict]:
+def generate(
+    n: int,
+    split: str = "train",
+    seed: int = 0,
+    min_steps: int = 1,
+    max_steps: int = 4,
+    max_value: int = 200,
+    unique: bool = True,
+) -> list[dict]:
     """``n`` problems of one split (distinct questions when ``unique``)."""
     out, seen = [], set()
     for p in iter_problems(split, seed, min_steps, max_steps, max_value):

@@ -40,9 +40,9 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -50,6 +50,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from course_lib.data import facts as facts_data
 from course_lib.data import pocket_math
+from course_lib.evaluation import evaluate
 from course_lib.pocket.tokenizer import train_tokenizer
 from course_lib.prompts import format_prompt
 
@@ -65,10 +66,10 @@ class PretrainConfig:
     intermediate_size: int = 432
     # data
     min_steps: int = 1
-    max_steps: int = 5              # final maximum number of arithmetic steps
+    max_steps: int = 5  # final maximum number of arithmetic steps
     curriculum_fraction: float = 0.2  # share of training over which max_steps ramps up
     max_value: int = 200
-    fact_fraction: float = 0.1      # share of examples that are facts of the small world
+    fact_fraction: float = 0.1  # share of examples that are facts of the small world
     # optimisation
     train_steps: int = 1300
     batch_size: int = 32
@@ -79,8 +80,8 @@ class PretrainConfig:
     grad_clip: float = 1.0
     # logistics
     threads: int = 2
-    eval_every: int = 500           # 0 disables the greedy accuracy check during training
-    save_every: int = 500           # 0: save only at the end
+    eval_every: int = 500  # 0 disables the greedy accuracy check during training
+    save_every: int = 500  # 0: save only at the end
     out_dir: str = "data/pocket_model"
 
     def __post_init__(self) -> None:
@@ -102,11 +103,17 @@ class PretrainConfig:
 
 def model_config(cfg: PretrainConfig, tokenizer) -> LlamaConfig:
     return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=512, rope_theta=10_000.0, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=512,
+        rope_theta=10_000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
 
@@ -115,8 +122,9 @@ def build_tokenizer(cfg: PretrainConfig):
     """Train the BPE on a fixed sample of the corpus: 5,000 problems and every fact."""
     problems = pocket_math.generate(5000, "train", seed=cfg.seed + 1, max_steps=cfg.max_steps)
     texts = [p["question"] + "\n" + p["solution"] for p in problems]
-    texts += [e["question"] + " " + e["solution"] for e in facts_data.training_examples(
-        facts_data.build_knowledge_base())]
+    texts += [
+        e["question"] + " " + e["solution"] for e in facts_data.training_examples(facts_data.build_knowledge_base())
+    ]
     return train_tokenizer(texts, cfg.vocab_size)
 
 
@@ -129,8 +137,7 @@ def example_stream(cfg: PretrainConfig, step_fn: Callable[[], int]) -> Iterator[
         if rng.random() < cfg.fact_fraction:
             yield rng.choice(fact_examples)
             continue
-        problem = pocket_math.make_problem(math_rng, math_rng.randint(cfg.min_steps, step_fn()),
-                                           cfg.max_value)
+        problem = pocket_math.make_problem(math_rng, math_rng.randint(cfg.min_steps, step_fn()), cfg.max_value)
         if pocket_math.split_of(problem["question"]) == "train":  # never train on test questions
             yield problem
 
@@ -149,7 +156,7 @@ def batches(cfg: PretrainConfig, tokenizer, step_fn: Callable[[], int], pool_bat
     while True:
         pool = [encode(tokenizer, next(stream)) for _ in range(cfg.batch_size * pool_batches)]
         pool.sort(key=lambda pair: len(pair[0]))
-        chunks = [pool[i:i + cfg.batch_size] for i in range(0, len(pool), cfg.batch_size)]
+        chunks = [pool[i : i + cfg.batch_size] for i in range(0, len(pool), cfg.batch_size)]
         rng.shuffle(chunks)
         for chunk in chunks:
             yield collate(chunk, tokenizer.pad_token_id)
@@ -162,9 +169,9 @@ def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int):
     labels = torch.full((len(pairs), width), -100, dtype=torch.long)
     mask = torch.zeros((len(pairs), width), dtype=torch.long)
     for i, (ids, lab) in enumerate(pairs):
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        labels[i, :len(lab)] = torch.tensor(lab)
-        mask[i, :len(ids)] = 1
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(ids)] = 1
     return input_ids, labels, mask
 
 
@@ -179,15 +186,13 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 
 def greedy_accuracy(model, tokenizer, problems: list[dict]) -> float:
     """Share of problems solved by greedy decoding: a cheap progress signal."""
-    from course_lib.evaluation import evaluate
-
-    result = evaluate(model, tokenizer, problems, k=1, temperature=0, max_new_tokens=200,
-                      batch_size=64, progress=False)
+    result = evaluate(model, tokenizer, problems, k=1, temperature=0, max_new_tokens=200, batch_size=64, progress=False)
     return result.value("per_sample_accuracy")
 
 
-def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, progress: bool = True,
-             on_log=None) -> tuple[LlamaForCausalLM, object, list[dict]]:
+def pretrain(
+    cfg: PretrainConfig, out_dir: str | Path | None = None, progress: bool = True, on_log=None
+) -> tuple[LlamaForCausalLM, object, list[dict]]:
     """Train tokenizer and model from scratch; returns (model, tokenizer, log rows).
 
     Saves to ``out_dir`` (default ``cfg.out_dir``) unless it is ``""``. ``on_log(row)``
@@ -202,9 +207,11 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, progress: b
     model = LlamaForCausalLM(model_config(cfg, tokenizer))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
     step = 0
 
     def current_max_steps() -> int:  # reads the loop's `step`: the curriculum follows training
@@ -227,8 +234,13 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, progress: b
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         tokens += int(mask.sum())
-        row = {"step": step + 1, "loss": loss.item(), "lr": lr_at(step, cfg),
-               "tokens_per_s": tokens / (time.time() - start), "elapsed_s": time.time() - start}
+        row = {
+            "step": step + 1,
+            "loss": loss.item(),
+            "lr": lr_at(step, cfg),
+            "tokens_per_s": tokens / (time.time() - start),
+            "elapsed_s": time.time() - start,
+        }
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.train_steps):
             row["greedy_acc"] = greedy_accuracy(model, tokenizer, eval_problems)
             model.train()
@@ -252,15 +264,13 @@ def save(model, tokenizer, cfg: PretrainConfig, log: list[dict], out_dir: str | 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "pretrain_log.json").write_text(json.dumps(
-        {"config": dataclasses.asdict(cfg), "log": log}, indent=1))
+    (out / "pretrain_log.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "log": log}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the pocket model from scratch.")
     for field in dataclasses.fields(PretrainConfig):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default),
-                            default=field.default)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
     cfg = PretrainConfig(**vars(parser.parse_args(argv)))
     _, _, log = pretrain(cfg)
     print(json.dumps(log[-1]))

@@ -14,7 +14,7 @@ pocket model and a GPU model such as Qwen2.5 take prompts the same way:
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -41,10 +41,12 @@ CHAT_TEMPLATE = (
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """Train the byte-level, digit-splitting BPE on ``texts`` and wrap it for transformers."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),  # "147" -> "1", "4", "7"
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),  # "147" -> "1", "4", "7"
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -58,8 +60,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTo
 
 def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     """A transformers tokenizer around a trained ``tokenizers.Tokenizer``."""
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS,
-                                   additional_special_tokens=ROLE_TOKENS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS, additional_special_tokens=ROLE_TOKENS)
     fast.chat_template = CHAT_TEMPLATE
     fast.padding_side = "left"  # generation appends on the right, so pad on the left
     fast.model_max_length = 512

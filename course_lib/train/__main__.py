@@ -12,10 +12,10 @@ LoRA adapter (``--full``: every weight). ``grpo`` trains on fresh problems with 
 rewards; ``sft`` on the reference solutions (pocket-math's, or GSM8K's on the GPU profile);
 ``orpo`` on pairs of a reference solution and the same solution with a wrong final answer.
 Fixed data keeps the launch about the launcher: the sampled pools of lessons 07-08 are built
-in one process, before any launch. The Hugging Face Trainer hands the model to DeepSpeed, which splits optimizer states, gradients
-and (ZeRO-3) weights across the processes. On a CPU the processes talk over gloo. Rank 0
-writes ``<output-dir>/run_summary.json`` (engine, world size, ZeRO stage, optimizer, losses)
-and every rank takes part in saving the model to ``<output-dir>/model``.
+in one process, before any launch. The Hugging Face Trainer hands the model to DeepSpeed, which
+splits optimizer states, gradients and (ZeRO-3) weights across the processes. On a CPU the
+processes talk over gloo. Rank 0 writes ``<output-dir>/run_summary.json`` (engine, world size,
+ZeRO stage, optimizer, losses) and every rank takes part in saving the model to ``<output-dir>/model``.
 
 Facts this relies on (DeepSpeed 0.19.8, torch 2.13, CPU):
 
@@ -31,12 +31,26 @@ Facts this relies on (DeepSpeed 0.19.8, torch 2.13, CPU):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
 import sys
 import time
 from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from course_lib.config import Profile, get_profile, setup_torch
+from course_lib.configs import deepspeed_config_path
+from course_lib.data import train_problems
+from course_lib.models import load_policy
+from course_lib.train.grpo_trl import grpo_trainer, vllm_generation
+from course_lib.train.orpo import orpo_trainer
+from course_lib.train.recipes import grpo_recipe, lora_recipe, orpo_recipe, rs_recipe
+from course_lib.train.rejection_sampling import gold_records
+from course_lib.train.sft import sft_trainer
 
 METHODS = ("grpo", "sft", "orpo")
 
@@ -45,9 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m course_lib.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("method", choices=METHODS)
     parser.add_argument("--profile", default=None, help="pocket (default) or gpu; else $COURSE_PROFILE")
-    parser.add_argument("--deepspeed", default=None,
-                        help="zero2, zero2_offload, zero3, zero3_offload or a JSON path (default: none; under "
-                             "accelerate launch the config file's DeepSpeed settings apply)")
+    parser.add_argument(
+        "--deepspeed",
+        default=None,
+        help="zero2, zero2_offload, zero3, zero3_offload or a JSON path (default: none; under "
+        "accelerate launch the config file's DeepSpeed settings apply)",
+    )
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps (default 4: a smoke run)")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per process per step (GRPO: prompts x G)")
     parser.add_argument("--group-size", type=int, default=4, help="GRPO: completions per prompt")
@@ -73,8 +90,14 @@ def single_process_env() -> None:
     """Give a plain ``python`` run the environment a launcher would (rank 0 of 1, a free port)."""
     if "RANK" in os.environ:
         return
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    os.environ.update(
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+    )
 
 
 def uses_deepspeed(args: argparse.Namespace) -> bool:
@@ -82,55 +105,53 @@ def uses_deepspeed(args: argparse.Namespace) -> bool:
     return args.deepspeed is not None or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
 
 
-def _rows(method: str, profile, tokenizer, n: int, seed: int) -> list[dict]:
+def _rows(method: str, profile: Profile, tokenizer, n: int, seed: int) -> list[dict]:
     """Training rows for SFT (gold solutions) and ORPO (gold vs a corrupted answer) on ``n`` problems:
     fixed data, so that a launch test measures the launcher, not the sampler."""
-    from course_lib.data import train_problems
-    from course_lib.train.rejection_sampling import gold_records
-
     problems = train_problems(profile, n, seed=seed)
     rows = gold_records(problems, tokenizer, profile.system_prompt)
     if method == "sft":
         return rows
-    return [{"prompt": r["prompt"], "chosen": r["completion"],
-             "rejected": r["completion"].rsplit("####", 1)[0] + f"#### {int(float(p['answer'])) + 1}"}
-            for r, p in zip(rows, problems)]
+    return [
+        {
+            "prompt": r["prompt"],
+            "chosen": r["completion"],
+            "rejected": r["completion"].rsplit("####", 1)[0] + f"#### {int(float(p['answer'])) + 1}",
+        }
+        for r, p in zip(rows, problems)
+    ]
 
 
-def build_trainer(args: argparse.Namespace, profile, world_size: int):
+def build_trainer(args: argparse.Namespace, profile: Profile, world_size: int):
     """The method's TRL trainer with the course's recipe, shrunk to ``args`` (steps, batch)."""
-    import dataclasses
-
-    from course_lib.configs import deepspeed_config_path
-    from course_lib.data import train_problems
-    from course_lib.models import load_policy
-    from course_lib.train import recipes
-
     out = Path(args.output_dir or f"runs/train-{args.method}")
     extra = dict(max_steps=args.steps, disable_tqdm=True, save_strategy="no", logging_steps=1)
     if args.deepspeed is not None:
         extra["deepspeed"] = str(deepspeed_config_path(args.deepspeed))
-    if uses_deepspeed(args):     # Unsloth's patched model is made for one GPU, not for ZeRO's sharding
+    if uses_deepspeed(args):  # Unsloth's patched model is made for one GPU, not for ZeRO's sharding
         profile = dataclasses.replace(profile, use_unsloth=False)
-    lora = None if args.full else recipes.lora_config(**recipes.POCKET_LORA)
-    vllm = recipes.vllm_generation(profile) if args.method == "grpo" else {}     # {} on a CPU
+    lora = None if args.full else lora_recipe(profile)
+    vllm = vllm_generation(profile) if args.method == "grpo" else {}  # {} on a CPU
     model, tokenizer = load_policy(profile, lora, seed=args.seed, fast_inference=bool(vllm))
     per_step = args.batch_size * world_size
+    learning_rate = {"learning_rate": args.learning_rate} if args.learning_rate else {}
     if args.method == "grpo":
-        settings, _ = recipes.grpo_recipe(profile)
-        settings = dataclasses.replace(settings, steps=args.steps, group_size=args.group_size,
-                                       prompts_per_step=args.batch_size // args.group_size,
-                                       max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                       learning_rate=args.learning_rate or settings.learning_rate)
+        settings, _ = grpo_recipe(
+            profile,
+            steps=args.steps,
+            group_size=args.group_size,
+            prompts_per_step=args.batch_size // args.group_size,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+            **learning_rate,
+        )
         problems = train_problems(profile, args.steps * per_step // args.group_size, seed=args.seed)
-        trainer = recipes.grpo_trainer(profile, model, tokenizer, problems, out, settings,
-                                       system_prompt=profile.system_prompt, **vllm, **extra)
+        trainer = grpo_trainer(
+            profile, model, tokenizer, problems, out, settings, system_prompt=profile.system_prompt, **vllm, **extra
+        )
     else:
-        make_recipe, make_trainer = ((recipes.rs_recipe, recipes.sft_trainer) if args.method == "sft"
-                                     else (recipes.orpo_recipe, recipes.orpo_trainer))
-        settings, _ = make_recipe(profile)
-        settings = dataclasses.replace(settings, batch_size=args.batch_size, seed=args.seed,
-                                       learning_rate=args.learning_rate or settings.learning_rate)
+        make_recipe, make_trainer = (rs_recipe, sft_trainer) if args.method == "sft" else (orpo_recipe, orpo_trainer)
+        settings, _ = make_recipe(profile, batch_size=args.batch_size, seed=args.seed, **learning_rate)
         rows = _rows(args.method, profile, tokenizer, args.steps * per_step, args.seed)
         trainer = make_trainer(profile, model, tokenizer, rows, out, settings, progress=False, **extra)
     return trainer, out
@@ -138,8 +159,6 @@ def build_trainer(args: argparse.Namespace, profile, world_size: int):
 
 def describe(trainer) -> dict:
     """What actually ran: the engine, world size, ZeRO stage and optimizer classes."""
-    import torch.distributed as dist
-
     engine = getattr(trainer, "deepspeed", None) or trainer.model_wrapped
     optimizer = getattr(engine, "optimizer", None) or trainer.optimizer
     inner = getattr(optimizer, "optimizer", None)
@@ -155,50 +174,50 @@ def describe(trainer) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from course_lib.config import get_profile, setup_torch
-
     try:
         profile = get_profile(args.profile, fast=False)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.method == "grpo" and args.batch_size % args.group_size:
-        print(f"error: --batch-size ({args.batch_size}) must be a multiple of --group-size ({args.group_size})",
-              file=sys.stderr)
+        print(
+            f"error: --batch-size ({args.batch_size}) must be a multiple of --group-size ({args.group_size})",
+            file=sys.stderr,
+        )
         return 2
     if uses_deepspeed(args):
-        import deepspeed
-        import torch
+        import deepspeed  # lazy: seconds to import, and only DeepSpeed runs need it
 
         single_process_env()
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend)    # before the model: ZeRO-3 loads it partitioned
+        deepspeed.init_distributed(dist_backend=backend)  # before the model: ZeRO-3 loads it partitioned
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if profile.device == "cpu":
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     setup_torch(profile, seed=args.seed)
     if profile.device == "cpu" and world_size > 1:
-        import torch
-
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world_size))   # cores shared by the ranks
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world_size))  # cores shared by the ranks
 
     trainer, out = build_trainer(args, profile, world_size)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    summary = {"method": args.method, **describe(trainer), "deepspeed_config": args.deepspeed
-               or os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"),
-               "losses": [row["loss"] for row in trainer.state.log_history if "loss" in row],
-               "steps": trainer.state.global_step, "train_seconds": seconds, "model_dir": str(out / "model")}
-    trainer.save_model(str(out / "model"))          # every rank: ZeRO-3 gathers the weights to save them
+    summary = {
+        "method": args.method,
+        **describe(trainer),
+        "deepspeed_config": args.deepspeed or os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"),
+        "losses": [row["loss"] for row in trainer.state.log_history if "loss" in row],
+        "steps": trainer.state.global_step,
+        "train_seconds": seconds,
+        "model_dir": str(out / "model"),
+    }
+    trainer.save_model(str(out / "model"))  # every rank: ZeRO-3 gathers the weights to save them
     _finish(summary, out)
     return 0
 
 
 def _finish(summary: dict, out: Path) -> None:
     """Rank 0 writes the summary; every rank waits for it, then leaves the process group cleanly."""
-    import torch.distributed as dist
-
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

@@ -22,45 +22,44 @@ import copy
 import dataclasses
 import random
 import time
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from course_lib.advantages import group_advantages
-from course_lib.losses import (LOSS_TYPES, completion_logits, grpo_loss, samples_inputs, token_entropy,
-                               token_logprobs)
+from course_lib.losses import LOSS_TYPES, completion_logits, grpo_loss, samples_inputs, token_entropy, token_logprobs
 from course_lib.prompts import format_prompt
 from course_lib.rewards import RewardConfig, reward_breakdown
 from course_lib.sampling import sample
 
 
-@dataclass
+@dataclass(frozen=True)
 class GRPOSettings:
     """Everything one GRPO run depends on (the names follow TRL's GRPOConfig where it has one)."""
 
-    steps: int = 60                   # optimizer steps x mu: number of sampled batches
-    prompts_per_step: int = 8         # P
-    group_size: int = 8               # G, TRL's num_generations
-    num_iterations: int = 1           # mu: updates per sampled batch
-    learning_rate: float = 5e-5       # constant
-    beta: float = 0.0                 # weight of the KL to pi_ref (0: no reference model)
-    epsilon_low: float = 0.2          # clip range below 1
-    epsilon_high: float = 0.2         # clip range above 1 (DAPO clip-higher: 0.28)
-    loss_type: str = "dapo"           # grpo | bnpo | dr_grpo | dapo (TRL's default)
-    scale_rewards: str = "group"      # group | batch | none
+    steps: int = 60  # optimizer steps x mu: number of sampled batches
+    prompts_per_step: int = 8  # P
+    group_size: int = 8  # G, TRL's num_generations
+    num_iterations: int = 1  # mu: updates per sampled batch
+    learning_rate: float = 5e-5  # constant
+    beta: float = 0.0  # weight of the KL to pi_ref (0: no reference model)
+    epsilon_low: float = 0.2  # clip range below 1
+    epsilon_high: float = 0.2  # clip range above 1 (DAPO clip-higher: 0.28)
+    loss_type: str = "dapo"  # grpo | bnpo | dr_grpo | dapo (TRL's default)
+    scale_rewards: str = "group"  # group | batch | none
     temperature: float = 1.0
-    max_new_tokens: int = 160         # the completion budget, TRL's max_completion_length
+    max_new_tokens: int = 160  # the completion budget, TRL's max_completion_length
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     filter_zero_variance: bool = False  # drop groups whose rewards are all equal
-    micro_batch_size: int = 64        # completions per forward/backward
-    sample_batch_size: int = 64       # sequences per generate() call
-    reward: RewardConfig = field(default_factory=RewardConfig)
+    micro_batch_size: int = 64  # completions per forward/backward
+    sample_batch_size: int = 64  # sequences per generate() call
+    reward: RewardConfig = RewardConfig()
     seed: int = 0
 
     def __post_init__(self):
@@ -80,11 +79,19 @@ class GRPOLoop:
     its adapters switched off, which costs no memory).
     """
 
-    def __init__(self, policy, tokenizer, problems: list[dict], settings: GRPOSettings = GRPOSettings(),
-                 ref_model=None, system_prompt: str | None = None):
+    def __init__(
+        self,
+        policy,
+        tokenizer,
+        problems: list[dict],
+        settings: GRPOSettings = GRPOSettings(),
+        ref_model=None,
+        system_prompt: str | None = None,
+    ):
         if len(problems) < settings.prompts_per_step:
-            raise ValueError(f"need at least prompts_per_step={settings.prompts_per_step} problems, "
-                             f"got {len(problems)}")
+            raise ValueError(
+                f"need at least prompts_per_step={settings.prompts_per_step} problems, got {len(problems)}"
+            )
         self.policy, self.tokenizer, self.problems = policy, tokenizer, problems
         self.settings, self.system_prompt = settings, system_prompt
         self.device = next(policy.parameters()).device
@@ -92,18 +99,17 @@ class GRPOLoop:
         if settings.beta > 0 and ref_model is None and not hasattr(policy, "disable_adapter"):
             self.ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
         params = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=settings.learning_rate,
-                                           weight_decay=settings.weight_decay)
+        self.optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         self.step = 0
         self.history: list[dict] = []
-        self.last_batch = None          # (Samples, advantages (N,)) of the latest step
+        self.last_batch = None  # (Samples, advantages (N,)) of the latest step
         torch.manual_seed(settings.seed)  # the only global randomness in a step: LoRA dropout
 
     # ------------------------------------------------------------------ data
     def batch_problems(self, step: int) -> list[dict]:
         """The P problems of ``step``: a fresh seeded shuffle of the problems every epoch."""
         n, p = len(self.problems), self.settings.prompts_per_step
-        orders: dict[int, list[int]] = {}          # a step can span the end of an epoch
+        orders: dict[int, list[int]] = {}  # a step can span the end of an epoch
         out = []
         for g in range(step * p, (step + 1) * p):
             if g // n not in orders:
@@ -114,40 +120,68 @@ class GRPOLoop:
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
-        """Sample, score, normalise, update mu times. Returns this step's metrics."""
+        """One GRPO step on P prompts x G completions. Returns this step's metrics."""
         s = self.settings
         start = time.perf_counter()
         problems = self.batch_problems(self.step)
-        prompts = [format_prompt(self.tokenizer, p["question"], self.system_prompt) for p in problems]
-        samples = sample(self.policy, self.tokenizer, prompts, n=s.group_size, temperature=s.temperature,
-                         max_new_tokens=s.max_new_tokens, batch_size=s.sample_batch_size,
-                         seed=s.seed * 1_000_003 + self.step)
-        scored = [reward_breakdown(text, problems[i]["answer"], s.reward, int(length))
-                  for text, i, length in zip(samples.texts, samples.prompt_index, samples.lengths)]
-        rewards = torch.tensor([r["total"] for r in scored])
-        adv = group_advantages(rewards, s.group_size, scale=s.scale_rewards)
 
-        # Rows to learn from: all, or only the groups whose completions differ in reward.
-        keep = torch.ones(len(rewards), dtype=torch.bool)
+        # Stage 1: sample G completions for each of the P prompts from the current policy
+        prompts = [format_prompt(self.tokenizer, p["question"], self.system_prompt) for p in problems]
+        samples = sample(
+            self.policy,
+            self.tokenizer,
+            prompts,
+            n=s.group_size,
+            temperature=s.temperature,
+            max_new_tokens=s.max_new_tokens,
+            batch_size=s.sample_batch_size,
+            seed=s.seed * 1_000_003 + self.step,
+        )  # N = P * G rows
+
+        # Stage 2: score every completion
+        scored = [
+            reward_breakdown(text, problems[i]["answer"], s.reward, int(length))
+            for text, i, length in zip(samples.texts, samples.prompt_index, samples.lengths)
+        ]
+        rewards = torch.tensor([r["total"] for r in scored])  # (N,)
+
+        # Stage 3: group-relative advantages; optionally keep only the groups with a signal
+        adv = group_advantages(rewards, s.group_size, scale=s.scale_rewards)  # (N,), (P,)
+        keep = torch.ones(len(rewards), dtype=torch.bool)  # (N,)
         if s.filter_zero_variance:
             keep = ~adv.zero_variance.repeat_interleave(s.group_size)
         inputs = {k: v[keep] for k, v in samples_inputs(self.tokenizer, samples, self.device).items()}
-        advantages = adv.advantages[keep].to(self.device)
+        advantages = adv.advantages[keep].to(self.device)  # (n,) rows kept
+        self.last_batch = (samples, adv.advantages)  # for a look at what was just trained on
 
-        self.last_batch = (samples, adv.advantages)      # for a look at what was just trained on
-        update = self._update(inputs, advantages) if keep.any() else {}
+        update = {}
+        if keep.any():
+            # Stage 4: freeze log pi_old (mu > 1; with mu = 1 it is the policy itself) and log pi_ref
+            old = self._frozen_logprobs(self.policy, inputs) if s.num_iterations > 1 else None  # (n, T)
+            ref = self._reference_logprobs(inputs) if s.beta > 0 else None  # (n, T)
+            # Stage 5: mu updates of the clipped loss on this batch
+            update = self._update(inputs, advantages, old, ref)
         self.step += 1
-        seconds = time.perf_counter() - start
-        row = {"step": self.step,
-               "reward": rewards.mean().item(), "reward_std": rewards.std().item(),
-               "accuracy": sum(r["correct"] for r in scored) / len(scored),
-               "advantage_mean": adv.advantages.mean().item(), "advantage_std": adv.advantages.std().item(),
-               "frac_zero_std": adv.zero_variance.float().mean().item(),
-               "completion_length": samples.lengths.float().mean().item(),
-               "rows_trained": int(keep.sum()), **update,
-               "seconds": seconds, "samples_per_s": len(rewards) / seconds}
+        row = self._log_row(rewards, scored, adv, samples, keep, update, time.perf_counter() - start)
         self.history.append(row)
         return row
+
+    def _log_row(self, rewards, scored, adv, samples, keep, update: dict, seconds: float) -> dict:
+        """The step's metrics: rewards, accuracy, advantages, zero-variance share, lengths, the update."""
+        return {
+            "step": self.step,
+            "reward": rewards.mean().item(),
+            "reward_std": rewards.std().item(),
+            "accuracy": sum(r["correct"] for r in scored) / len(scored),
+            "advantage_mean": adv.advantages.mean().item(),
+            "advantage_std": adv.advantages.std().item(),
+            "frac_zero_std": adv.zero_variance.float().mean().item(),
+            "completion_length": samples.lengths.float().mean().item(),
+            "rows_trained": int(keep.sum()),
+            **update,
+            "seconds": seconds,
+            "samples_per_s": len(rewards) / seconds,
+        }
 
     def _micro_batches(self, n_rows: int) -> list[slice]:
         size = self.settings.micro_batch_size
@@ -160,52 +194,67 @@ class GRPOLoop:
         model.eval()
         context = model.disable_adapter() if use_base else nullcontext()
         with context:
-            out = torch.cat([self._logprobs(model, inputs, rows)[0] for rows in
-                             self._micro_batches(len(inputs["prompt_ids"]))])
+            out = torch.cat(
+                [self._logprobs(model, inputs, rows)[0] for rows in self._micro_batches(len(inputs["prompt_ids"]))]
+            )
         model.train(was_training)
         return out
 
-    def _logprobs(self, model, inputs: dict, rows: slice,
-                  entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _reference_logprobs(self, inputs: dict) -> torch.Tensor:
+        """log pi_ref (N, T): the frozen copy, or the policy with its adapters switched off."""
+        if self.ref_model is not None:
+            return self._frozen_logprobs(self.ref_model, inputs)
+        return self._frozen_logprobs(self.policy, inputs, use_base=True)
+
+    def _logprobs(
+        self, model, inputs: dict, rows: slice, entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logps, entropy or None), each (n, T), of the rows ``rows`` under ``model``."""
         part = {k: v[rows] for k, v in inputs.items()}
-        logits = completion_logits(model, **part, temperature=self.settings.temperature)
-        logps = token_logprobs(logits, part["completion_ids"])
+        logits = completion_logits(model, **part, temperature=self.settings.temperature)  # (n, T, V)
+        logps = token_logprobs(logits, part["completion_ids"])  # (n, T)
         return logps, token_entropy(logits.detach()) if entropy else None
 
-    def _update(self, inputs: dict, advantages: torch.Tensor) -> dict:
-        """mu optimizer steps on one sampled batch; returns the loss metrics (mean over steps)."""
+    def _update(
+        self, inputs: dict, advantages: torch.Tensor, old: torch.Tensor | None, ref: torch.Tensor | None
+    ) -> dict:
+        """mu optimizer steps on one sampled batch; returns the loss metrics (mean over the mu steps).
+
+        The batch's counts (completions, tokens) are the loss's one normaliser, taken once
+        here: each micro-batch's loss is its part of the batch's loss, so their gradients add
+        up to the gradient of the whole batch, whatever ``micro_batch_size`` is.
+        """
         s = self.settings
-        mask = inputs["completion_mask"]
-        n_rows, n_tokens = len(mask), mask.sum()
-        # pi_old: the policy before this batch's updates. With mu = 1 it is the current
-        # policy, and grpo_loss uses logps.detach() for it (the ratio is exactly 1).
-        old = self._frozen_logprobs(self.policy, inputs) if s.num_iterations > 1 else None
-        ref = None
-        if s.beta > 0:
-            ref = (self._frozen_logprobs(self.ref_model, inputs) if self.ref_model is not None
-                   else self._frozen_logprobs(self.policy, inputs, use_base=True))
+        mask = inputs["completion_mask"]  # (n, T)
+        normaliser = dict(num_sequences=len(mask), num_tokens=mask.sum(), max_completion_length=s.max_new_tokens)
         self.policy.train()
         sums: dict[str, float] = {}
         for _ in range(s.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             metrics: dict[str, float] = {}
-            for rows in self._micro_batches(n_rows):
-                logps, entropy = self._logprobs(self.policy, inputs, rows, entropy=True)
-                out = grpo_loss(logps, None if old is None else old[rows], advantages[rows], mask[rows],
-                                ref_logps=None if ref is None else ref[rows], beta=s.beta,
-                                epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high,
-                                loss_type=s.loss_type, max_completion_length=s.max_new_tokens,
-                                num_sequences=n_rows, num_tokens=n_tokens, entropy=entropy)
-                # bnpo is a token mean per micro-batch: weigh it by the micro-batch's share of rows
-                weight = (rows.stop - rows.start) / n_rows if s.loss_type == "bnpo" else 1.0
+            for rows in self._micro_batches(len(mask)):
+                logps, entropy = self._logprobs(self.policy, inputs, rows, entropy=True)  # (m, T) each
+                out = grpo_loss(
+                    logps,
+                    None if old is None else old[rows],
+                    advantages[rows],
+                    mask[rows],
+                    ref_logps=None if ref is None else ref[rows],
+                    beta=s.beta,
+                    epsilon_low=s.epsilon_low,
+                    epsilon_high=s.epsilon_high,
+                    loss_type=s.loss_type,
+                    entropy=entropy,
+                    **normaliser,
+                )
                 self._check_finite("loss", out.loss)
-                (out.loss * weight).backward()
-                share = (rows.stop - rows.start) / n_rows
+                out.loss.backward()  # gradients accumulate
+                share = mask[rows].sum().item() / normaliser["num_tokens"].item()  # token share, for the means
                 for k, v in out.metrics.items():
-                    metrics[k] = metrics.get(k, 0.0) + (v * weight if k == "policy_loss" else v * share)
+                    metrics[k] = metrics.get(k, 0.0) + (v if k == "policy_loss" else v * share)
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.policy.parameters() if p.requires_grad], s.max_grad_norm)
+                [p for p in self.policy.parameters() if p.requires_grad], s.max_grad_norm
+            )
             self._check_finite("gradient norm", grad_norm)
             self.optimizer.step()
             metrics["grad_norm"] = grad_norm.item()
@@ -220,12 +269,18 @@ class GRPOLoop:
             raise FloatingPointError(
                 f"GRPO step {self.step + 1}: the {what} is {value.item()}, so the model was not updated. "
                 f"Lower the learning rate (now {self.settings.learning_rate}) or max_grad_norm, and "
-                "resume from the last checkpoint (GRPOLoop.load).")
+                "resume from the last checkpoint (GRPOLoop.load)."
+            )
 
     # ------------------------------------------------------------------ the loop
-    def train(self, steps: int | None = None, callbacks: Iterable[Callable[[dict], None]] = (),
-              checkpoint_every: int = 0, checkpoint_path: str | Path | None = None,
-              progress: bool = True) -> pd.DataFrame:
+    def train(
+        self,
+        steps: int | None = None,
+        callbacks: Iterable[Callable[[dict], None]] = (),
+        checkpoint_every: int = 0,
+        checkpoint_path: str | Path | None = None,
+        progress: bool = True,
+    ) -> pd.DataFrame:
         """Run until ``steps`` (default ``settings.steps``) steps are done in total.
 
         Each step's metrics go to every callback. With ``checkpoint_every > 0``, a checkpoint
@@ -255,13 +310,18 @@ class GRPOLoop:
         """Write weights, optimizer state, step, history, settings and RNG state to ``path``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "step": self.step, "history": self.history,
-                 "settings": dataclasses.asdict(self.settings), "torch_rng": torch.get_rng_state()}
+        state = {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "history": self.history,
+            "settings": dataclasses.asdict(self.settings),
+            "torch_rng": torch.get_rng_state(),
+        }
         torch.save(state, path)
         return path
 
-    def load(self, path: str | Path) -> "GRPOLoop":
+    def load(self, path: str | Path) -> GRPOLoop:
         """Restore a checkpoint written by :meth:`save` into this loop (same settings needed)."""
         path = Path(path)
         if not path.is_file():
@@ -270,8 +330,10 @@ class GRPOLoop:
         mine = dataclasses.asdict(self.settings)
         changed = {k for k in mine if k != "steps" and state["settings"].get(k) != mine[k]}
         if changed:
-            raise ValueError(f"the checkpoint was written with other settings ({', '.join(sorted(changed))}); "
-                             "build the GRPOLoop with the settings it was trained with to resume it")
+            raise ValueError(
+                f"the checkpoint was written with other settings ({', '.join(sorted(changed))}); "
+                "build the GRPOLoop with the settings it was trained with to resume it"
+            )
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.history = state["step"], state["history"]

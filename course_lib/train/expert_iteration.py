@@ -1,0 +1,117 @@
+"""Expert iteration (lesson 07): N rounds of sample -> filter -> SFT, each from the last round's model.
+
+Round r samples k completions for fresh training questions, keeps the ones the verifier
+accepts (:mod:`course_lib.train.rejection_sampling`) and fine-tunes on them with TRL's
+``SFTTrainer`` (:mod:`course_lib.train.sft`). With a ``teacher`` the samples come from a
+stronger model that does not change between rounds: distillation. This is the EM-like loop
+of expert iteration (Anthony et al. 2017), STaR (Zelikman et al. 2022) and ReST-EM (Singh et
+al. 2023): the E-step samples and filters, the M-step is SFT.
+
+:class:`RSSettings` configures both halves: the sampling and filtering (k, temperature,
+dedup, cap) and the SFT of each round (learning rate, batch, epochs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from course_lib.config import Profile
+from course_lib.train.rejection_sampling import pool_yield, sample_pool, sft_records
+from course_lib.train.sft import sft_trainer
+
+
+@dataclass(frozen=True)
+class RSSettings:
+    """Everything one rejection-sampling / expert-iteration run depends on."""
+
+    rounds: int = 3  # N: sample -> filter -> SFT, N times
+    questions_per_round: int = 128  # fresh training questions each round
+    k: int = 8  # samples per question
+    temperature: float = 1.0  # sampling temperature (1: the model's own distribution)
+    max_new_tokens: int = 160
+    dedup: bool = True  # drop identical correct completions of a question
+    max_per_question: int | None = 4  # cap on kept samples per question (None: keep all)
+    learning_rate: float = 1e-4  # constant, one epoch per round
+    batch_size: int = 16  # SFT sequences per optimizer step
+    epochs: int = 1
+    sample_batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.rounds < 1 or self.k < 1 or self.questions_per_round < 1:
+            raise ValueError(
+                f"rounds, k and questions_per_round must be >= 1 (got {self.rounds}, "
+                f"{self.k}, {self.questions_per_round})"
+            )
+        if self.max_per_question is not None and self.max_per_question < 1:
+            raise ValueError("max_per_question must be >= 1, or None to keep every correct sample")
+
+
+def expert_iteration(
+    model,
+    tokenizer,
+    profile: Profile,
+    settings: RSSettings,
+    problems_for_round: Callable[[int], list[dict]],
+    output_dir: str | Path,
+    teacher=None,
+    lora=None,
+    system_prompt: str | None = None,
+    progress: bool = True,
+    on_round: Callable[[dict], None] | None = None,
+):
+    """N rounds of sample -> filter -> SFT. Returns ``(model, yields)``.
+
+    ``problems_for_round(r)`` gives round r's training questions (fresh ones each round, so
+    the model never re-learns answers it has already seen). Samples come from ``teacher``
+    when one is given (distillation: the teacher does not change between rounds), else from
+    the model being trained (expert iteration: each round samples from the last round's
+    model). ``lora``: a PEFT ``LoraConfig`` to train an adapter instead of every weight.
+    ``yields`` is a DataFrame with one row per round (see :func:`pool_yield`) plus the SFT
+    loss; ``on_round`` receives each row as it is made.
+    """
+    rows = []
+    adapter = lora  # wrapped into the model by the first round that trains, then kept
+    for r in range(settings.rounds):
+        problems = problems_for_round(r)
+        source = teacher if teacher is not None else model
+        pool = sample_pool(
+            source,
+            tokenizer,
+            problems,
+            settings.k,
+            temperature=settings.temperature,
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.sample_batch_size,
+            seed=settings.seed + 1000 * r,
+            system_prompt=system_prompt,
+            progress=progress,
+        )
+        records = sft_records(pool, settings.dedup, settings.max_per_question)
+        row = {"round": r + 1, **pool_yield(pool, records)}
+        if records:
+            round_settings = dataclasses.replace(settings, seed=settings.seed + r)
+            trainer = sft_trainer(
+                profile,
+                model,
+                tokenizer,
+                records,
+                Path(output_dir) / f"round{r + 1}",
+                round_settings,
+                lora=adapter,
+                progress=progress,
+            )
+            result = trainer.train()
+            model, adapter = trainer.model, None
+            row.update(sft_loss=float(result.training_loss), sft_steps=int(result.global_step))
+        else:  # nothing passed the filter: the round teaches nothing (say so, do not crash)
+            row.update(sft_loss=float("nan"), sft_steps=0)
+        rows.append(row)
+        if on_round is not None:
+            on_round(row)
+    return model, pd.DataFrame(rows).set_index("round")

@@ -1,0 +1,112 @@
+"""TRL's ``GRPOTrainer`` configured like the course's own loop (lesson 06).
+
+The from-scratch loop (:mod:`course_lib.train.grpo`) and TRL's trainer read the same
+:class:`~course_lib.train.grpo.GRPOSettings`, so lessons 05 and 06 differ only in who wrote
+the loop. Facts that matter (TRL 1.16):
+
+* TRL's default learning rate (1e-6) is far too small and its ``max_completion_length``
+  (512) far too long for the pocket model; the settings carry the course's values.
+* ``per_device_train_batch_size`` counts completions, not prompts, and must be a multiple
+  of ``num_generations``: P prompts x G completions is ``P * G``.
+* Our learning rate is constant (``lr_scheduler_type="constant"``, no warm-up), as in our loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
+
+from course_lib.config import Profile
+from course_lib.models import policy_backend, vllm_available
+from course_lib.prompts import format_prompt
+from course_lib.rewards import trl_reward_funcs
+from course_lib.train.grpo import GRPOSettings
+from course_lib.train.trainers import device_args, drop_printer
+
+
+def grpo_config(profile: Profile, output_dir: str | Path, settings: GRPOSettings = GRPOSettings(), **overrides):
+    """TRL's ``GRPOConfig`` with the same algorithm as ``settings`` (and a constant learning
+    rate, as in our loop). ``overrides`` are passed to ``GRPOConfig`` last."""
+    args = dict(
+        output_dir=str(output_dir),
+        max_steps=settings.steps,
+        seed=settings.seed,
+        per_device_train_batch_size=settings.prompts_per_step * settings.group_size,  # completions
+        num_generations=settings.group_size,
+        num_iterations=settings.num_iterations,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        beta=settings.beta,
+        epsilon=settings.epsilon_low,
+        epsilon_high=settings.epsilon_high,
+        loss_type=settings.loss_type,
+        scale_rewards=settings.scale_rewards,
+        temperature=settings.temperature,
+        max_completion_length=settings.max_new_tokens,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=False,
+        **device_args(profile),
+    )
+    args.update(overrides)
+    return GRPOConfig(**args)
+
+
+def problems_dataset(problems: list[dict], tokenizer, system_prompt: str | None = None) -> Dataset:
+    """A ``datasets.Dataset`` with ``prompt`` (the formatted prompt text, exactly what our
+    loop samples from) and ``answer`` (passed by TRL to the reward functions)."""
+    return Dataset.from_list(
+        [{"prompt": format_prompt(tokenizer, p["question"], system_prompt), "answer": p["answer"]} for p in problems]
+    )
+
+
+def grpo_trainer(
+    profile: Profile,
+    model,
+    tokenizer,
+    problems: list[dict],
+    output_dir: str | Path,
+    settings: GRPOSettings = GRPOSettings(),
+    lora=None,
+    callbacks=(),
+    system_prompt: str | None = None,
+    **overrides,
+) -> GRPOTrainer:
+    """A ready ``trl.GRPOTrainer``: our rewards (one function per term, weighted as in
+    ``settings.reward``), our prompts, the profile's devices. ``lora``: a ``LoraConfig`` for
+    TRL to wrap the model with (leave None if the model already carries adapters). No dict
+    per step is printed (:func:`~course_lib.train.trainers.drop_printer`)."""
+    funcs, weights = trl_reward_funcs(settings.reward)
+    args = grpo_config(profile, output_dir, settings, reward_weights=weights, **overrides)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=problems_dataset(problems, tokenizer, system_prompt),
+        peft_config=lora,
+        callbacks=list(callbacks),
+    )
+    drop_printer(trainer)
+    return trainer
+
+
+def vllm_generation(profile: Profile) -> dict:
+    """``GRPOConfig`` arguments that move GRPO's rollouts to vLLM where it can run (CUDA and the
+    GPU extras), else ``{}`` (generation by ``model.generate``, as on the CPU track).
+
+    With Unsloth, its own vLLM engine (``load_policy(..., fast_inference=True)``) serves the
+    rollouts and TRL needs only ``use_vllm``; without it, TRL starts vLLM in the training process
+    ("colocate") and leaves it a share of GPU memory.
+    """
+    if profile.device != "cuda" or not vllm_available():
+        return {}
+    if policy_backend(profile) == "unsloth":
+        return {"use_vllm": True}
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
