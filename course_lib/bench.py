@@ -1,4 +1,10 @@
-"""Benchmarks (not tests): ``python -m course_lib.bench grpo``.
+"""Benchmarks (not tests): ``python -m course_lib.bench {sample,grpo}``.
+
+``sample`` draws the same completions (same model, prompts, temperature, token budget) with
+``transformers``' ``generate`` and with the course's decoding loop (:mod:`course_lib.sampling`),
+one after the other in one process, at one or several batch sizes, and prints completions per
+second of each and their ratio; with ``--steps`` it also times one decoding step of each
+against the model's forward pass alone.
 
 ``grpo`` trains the same starting model with the same settings twice, once with the
 course's from-scratch loop and once with TRL's ``GRPOTrainer``, one after the other in
@@ -15,12 +21,190 @@ import tempfile
 import time
 
 import torch
+from transformers.cache_utils import Cache, DynamicCache
 
 from course_lib.config import get_profile, setup_torch
-from course_lib.data import train_problems
+from course_lib.data import eval_problems, train_problems
+from course_lib.decoding import Decoder
 from course_lib.models import load_model
+from course_lib.prompts import format_prompt
+from course_lib.sampling import BufferLayer, sample
 from course_lib.train.grpo import GRPOLoop, GRPOSettings
 from course_lib.train.grpo_trl import grpo_trainer
+
+# --------------------------------------------------------------------------- sampling
+
+
+@torch.no_grad()
+def generate_samples(
+    model,
+    tokenizer,
+    prompts: list[str],
+    n: int,
+    temperature: float,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int = 0,
+) -> int:
+    """The same completions drawn with ``transformers``' ``generate``, as the course sampled before
+    its own loop (rows = prompts x n in batches of ``batch_size``, a static cache on the CPU, and
+    ``output_logits=True`` for the log-probs). Returns the number of tokens generated."""
+    rows = [p for p in prompts for _ in range(n)]
+    device = next(model.parameters()).device
+    tokens = 0
+    for b, start in enumerate(range(0, len(rows), batch_size)):
+        torch.manual_seed(seed + b)
+        enc = tokenizer(
+            rows[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+            padding_side="left",
+        )
+        enc = {k: v.to(device) for k, v in enc.items()}
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature or None,
+            top_p=1.0,
+            top_k=0,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+            cache_implementation="static" if device.type == "cpu" else None,
+        )
+        gen = out.sequences[:, enc["input_ids"].shape[1] :]  # (B, T)
+        logp = torch.log_softmax(torch.stack(out.logits, dim=1).float() / (temperature or 1.0), dim=-1)  # (B, T, V)
+        logp.gather(-1, gen.unsqueeze(-1))
+        tokens += int((gen != tokenizer.pad_token_id).sum())
+    return tokens
+
+
+def bench_sample(
+    batch_sizes: tuple[int, ...] = (64,),
+    n_problems: int = 64,
+    n: int = 8,
+    temperature: float = 1.0,
+    max_new_tokens: int = 200,
+    profile_name: str = "pocket",
+    seed: int = 0,
+) -> list[dict]:
+    """Completions per second of ``generate`` and of our loop, one row per batch size (lesson settings:
+    the profile's test problems, 8 samples each, temperature 1, its token budget)."""
+    profile = get_profile(profile_name, fast=False)
+    setup_torch(profile, seed)
+    model, tokenizer = load_model(profile)
+    prompts = [
+        format_prompt(tokenizer, p["question"], profile.system_prompt) for p in eval_problems(profile, n_problems)
+    ]
+    rows = []
+    for batch_size in batch_sizes:
+        start = time.perf_counter()
+        generate_samples(model, tokenizer, prompts, n, temperature, max_new_tokens, batch_size, seed)
+        theirs = time.perf_counter() - start
+        start = time.perf_counter()
+        ours = sample(
+            model,
+            tokenizer,
+            prompts,
+            n,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            seed=seed,
+        )
+        mine = time.perf_counter() - start
+        total = len(prompts) * n
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "completions": total,
+                "generate_per_s": total / theirs,
+                "ours_per_s": total / mine,
+                "ratio": theirs / mine,
+                "mean_length": float(ours.lengths.float().mean()),
+            }
+        )
+    return rows
+
+
+@torch.no_grad()
+def bench_step(
+    batch_size: int = 64, context: int = 120, steps: int = 60, group_size: int = 8, profile_name: str = "pocket"
+) -> dict:
+    """Milliseconds per decoding step, ``batch_size`` rows (``group_size`` per prompt) after a prompt
+    of ``context`` tokens, averaged over ``steps`` new tokens:
+
+    * ``generate_ms``: ``generate`` (static cache, ``output_logits=True``), its whole call / steps;
+    * ``forward_ms``: the model's own forward pass on one token per row with a :class:`BufferLayer`
+      cache, nothing else (each row holding its own copy of the prompt);
+    * ``ours_ms``: our :class:`~course_lib.decoding.Decoder` step, the prompt's cache shared by its
+      ``group_size`` rows (draws not included).
+    """
+    profile = get_profile(profile_name, fast=False)
+    setup_torch(profile, 0)
+    model, tokenizer = load_model(profile)
+    prompts = batch_size // group_size
+    ids = torch.randint(10, model.config.vocab_size, (prompts, context))
+    mask = torch.ones_like(ids)
+    rows, row_mask = ids.repeat_interleave(group_size, dim=0), mask.repeat_interleave(group_size, dim=0)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model.generate(
+            input_ids=rows,
+            attention_mask=row_mask,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=True,
+            top_k=0,
+            pad_token_id=tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+            cache_implementation="static",
+        )
+        generate_ms = 1000 * (time.perf_counter() - start) / steps
+
+        cache = Cache(layer_class_to_replicate=lambda: BufferLayer(context + steps + 1))
+        model(input_ids=rows, attention_mask=row_mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        token, positions = rows[:, -1], torch.full((len(rows),), context)
+        start = time.perf_counter()
+        for step in range(steps):
+            row_mask = torch.cat([row_mask, row_mask[:, :1]], dim=1)
+            model(
+                input_ids=token[:, None],
+                attention_mask=row_mask,
+                position_ids=(positions + step)[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+        forward_ms = 1000 * (time.perf_counter() - start) / steps
+
+        prefix = DynamicCache()
+        model(input_ids=ids, attention_mask=mask, past_key_values=prefix, use_cache=True, logits_to_keep=1)
+        decoder = Decoder(
+            model,
+            [layer.keys for layer in prefix.layers],
+            [layer.values for layer in prefix.layers],
+            mask,
+            group_size,
+            steps,
+        )
+        start = time.perf_counter()
+        for step in range(steps):
+            decoder.step(token, positions + step)
+        ours_ms = 1000 * (time.perf_counter() - start) / steps
+    return {
+        "batch_size": batch_size,
+        "context": context,
+        "generate_ms": generate_ms,
+        "ours_ms": ours_ms,
+        "forward_ms": forward_ms,
+    }
+
+
+# --------------------------------------------------------------------------- GRPO
 
 
 def bench_grpo(
@@ -52,16 +236,9 @@ def bench_grpo(
     loop.train(progress=False)
     ours_s = time.perf_counter() - start
 
-    model, tokenizer = load_model(profile)
-    with tempfile.TemporaryDirectory() as out:
-        trainer = grpo_trainer(
-            profile, model, tokenizer, problems, out, settings, system_prompt=profile.system_prompt, disable_tqdm=True
-        )  # no per-step log lines
-        start = time.perf_counter()
-        trainer.train()
-        trl_s = time.perf_counter() - start
-
-    ours, trl = completions / ours_s, completions / trl_s
+    trl_s, trl_length = _train_trl(profile, problems, settings, course_sampler=False)
+    fast_s, fast_length = _train_trl(profile, problems, settings, course_sampler=True)
+    ours, trl, fast = completions / ours_s, completions / trl_s, completions / fast_s
     return {
         "steps": steps,
         "completions_per_step": prompts_per_step * group_size,
@@ -69,12 +246,37 @@ def bench_grpo(
         "threads": torch.get_num_threads(),
         "ours_seconds": ours_s,
         "trl_seconds": trl_s,
+        "trl_course_sampler_seconds": fast_s,
         "ours_samples_per_s": ours,
         "trl_samples_per_s": trl,
+        "trl_course_sampler_samples_per_s": fast,
         "ratio_ours_over_trl": ours / trl,
+        "ratio_trl_course_sampler_over_trl": fast / trl,
         "ours_mean_length": float(loop.metrics()["completion_length"].mean()),
-        "trl_mean_length": _mean_logged(trainer.state.log_history, "completions/mean_length"),
+        "trl_mean_length": trl_length,
+        "trl_course_sampler_mean_length": fast_length,
     }
+
+
+def _train_trl(profile, problems: list[dict], settings: GRPOSettings, course_sampler: bool) -> tuple[float, float]:
+    """Seconds of TRL's training steps, and its mean completion length, from a fresh copy of the model."""
+    model, tokenizer = load_model(profile)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = grpo_trainer(
+            profile,
+            model,
+            tokenizer,
+            problems,
+            out,
+            settings,
+            system_prompt=profile.system_prompt,
+            disable_tqdm=True,
+            course_sampler=course_sampler,
+        )  # no per-step log lines
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    return seconds, _mean_logged(trainer.state.log_history, "completions/mean_length")
 
 
 def _mean_logged(log_history: list[dict], key: str) -> float:
@@ -82,15 +284,55 @@ def _mean_logged(log_history: list[dict], key: str) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | list[dict]:
     parser = argparse.ArgumentParser(prog="python -m course_lib.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=["grpo"])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per step (P)")
-    parser.add_argument("--group", type=int, default=8, help="completions per prompt (G)")
-    parser.add_argument("--max-new-tokens", type=int, default=160)
-    parser.add_argument("--profile", default=os.environ.get("COURSE_PROFILE", "pocket"))
+    commands = parser.add_subparsers(dest="which", required=True)
+    grpo = commands.add_parser("grpo", help="our GRPO loop vs TRL's GRPOTrainer, completions per second")
+    grpo.add_argument("--steps", type=int, default=10)
+    grpo.add_argument("--prompts", type=int, default=8, help="prompts per step (P)")
+    grpo.add_argument("--group", type=int, default=8, help="completions per prompt (G)")
+    grpo.add_argument("--max-new-tokens", type=int, default=160)
+    grpo.add_argument("--profile", default=os.environ.get("COURSE_PROFILE", "pocket"))
+    sampling = commands.add_parser("sample", help="transformers' generate vs our decoding loop, completions per second")
+    sampling.add_argument(
+        "--batch-sizes", default="64", help="comma-separated, e.g. 16,64,256 (default: 64, the lessons')"
+    )
+    sampling.add_argument("--problems", type=int, default=64, help="test problems (default 64)")
+    sampling.add_argument("--n", type=int, default=8, help="samples per problem (default 8)")
+    sampling.add_argument("--temperature", type=float, default=1.0)
+    sampling.add_argument("--max-new-tokens", type=int, default=200)
+    sampling.add_argument("--steps", action="store_true", help="also time one decoding step against the forward pass")
+    sampling.add_argument("--profile", default=os.environ.get("COURSE_PROFILE", "pocket"))
     args = parser.parse_args(argv)
+    if args.which == "sample":
+        return _print_sample(args)
+    return _print_grpo(args)
+
+
+def _print_sample(args: argparse.Namespace) -> list[dict]:
+    batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    rows = bench_sample(batch_sizes, args.problems, args.n, args.temperature, args.max_new_tokens, args.profile)
+    print(
+        f"sampling {rows[0]['completions']} completions (temperature {args.temperature}, at most "
+        f"{args.max_new_tokens} new tokens), {torch.get_num_threads()} torch threads:"
+    )
+    for r in rows:
+        print(
+            f"  batch {r['batch_size']:4d}: generate {r['generate_per_s']:7.1f} completions/s, course_lib "
+            f"{r['ours_per_s']:7.1f} completions/s, ratio {r['ratio']:.2f} (mean length {r['mean_length']:.0f})"
+        )
+    if args.steps:
+        for b in batch_sizes:
+            t = bench_step(b, profile_name=args.profile)
+            print(
+                f"  one decoding step, batch {b} after {t['context']} prompt tokens: "
+                f"generate {t['generate_ms']:.1f} ms, "
+                f"the model's forward alone {t['forward_ms']:.1f} ms, course_lib's step {t['ours_ms']:.1f} ms"
+            )
+    return rows
+
+
+def _print_grpo(args: argparse.Namespace) -> dict:
     result = bench_grpo(args.steps, args.prompts, args.group, args.max_new_tokens, profile_name=args.profile)
     print(
         f"GRPO, {result['steps']} steps x {result['completions_per_step']} completions "
@@ -98,6 +340,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(f"  course_lib loop : {result['ours_samples_per_s']:6.2f} completions/s ({result['ours_seconds']:.1f} s)")
     print(f"  TRL GRPOTrainer : {result['trl_samples_per_s']:6.2f} completions/s ({result['trl_seconds']:.1f} s)")
+    print(
+        f"  TRL GRPOTrainer, course_lib's sampler as its rollout_func: "
+        f"{result['trl_course_sampler_samples_per_s']:6.2f} completions/s "
+        f"({result['trl_course_sampler_seconds']:.1f} s)"
+    )
     print(
         f"  ratio (ours / TRL): {result['ratio_ours_over_trl']:.2f}  (mean completion length "
         f"{result['ours_mean_length']:.0f} vs {result['trl_mean_length']:.0f} tokens)"

@@ -88,7 +88,50 @@ def test_the_benchmark_runs_both_trainers(steps, capsys):
 
     result = main(["grpo", "--steps", str(steps), "--prompts", "2", "--group", "2", "--max-new-tokens", "16"])
     assert result["ours_samples_per_s"] > 0 and result["trl_samples_per_s"] > 0
+    assert result["trl_course_sampler_samples_per_s"] > 0
     assert "ratio (ours / TRL)" in capsys.readouterr().out
+
+
+def test_the_sampling_benchmark_times_both_samplers(capsys):
+    from course_lib.bench import main
+
+    rows = main(["sample", "--batch-sizes", "4", "--problems", "2", "--n", "2", "--max-new-tokens", "24"])
+    assert rows[0]["completions"] == 4 and rows[0]["generate_per_s"] > 0 and rows[0]["ours_per_s"] > 0
+    assert "ratio" in capsys.readouterr().out
+
+
+def test_trls_rollouts_can_come_from_our_sampler(tmp_path):
+    """With course_sampler=True, TRL's GRPOTrainer trains on the completions course_lib.sampling draws
+    (the same ones, seed for seed) and on their log-probs."""
+    from course_lib.prompts import format_prompt
+    from course_lib.sampling import sample
+    from course_lib.train.grpo_trl import course_rollouts
+
+    profile = get_profile("pocket")
+    model, tokenizer = load_policy(profile, lora=lora_config())
+    problems = train_problems(profile, 4, max_steps=2)
+    prompts = [format_prompt(tokenizer, p["question"]) for p in problems[:2]]
+    rows = [p for p in prompts for _ in range(SETTINGS.group_size)]
+    trainer = grpo_trainer(
+        profile, model, tokenizer, problems, tmp_path, SETTINGS, disable_tqdm=True, course_sampler=True
+    )
+    out = course_rollouts(tokenizer, SETTINGS)(rows, trainer)
+    expected = sample(
+        model,
+        tokenizer,
+        prompts,
+        n=SETTINGS.group_size,
+        max_new_tokens=SETTINGS.max_new_tokens,
+        seed=SETTINGS.seed * 1_000_003,
+    )
+    assert tokenizer.batch_decode(out["completion_ids"], skip_special_tokens=True) == expected.texts
+    assert [len(ids) for ids in out["completion_ids"]] == [len(lp) for lp in out["logprobs"]]
+    assert out["prompt_ids"][0] == tokenizer(prompts[0], add_special_tokens=False)["input_ids"]
+    with pytest.raises(ValueError, match="in a row"):
+        course_rollouts(tokenizer, SETTINGS)(prompts + prompts, trainer)
+    trainer.train()
+    lengths = [row["completions/mean_length"] for row in trainer.state.log_history if "completions/mean_length" in row]
+    assert len(lengths) == SETTINGS.steps and all(0 < n <= SETTINGS.max_new_tokens for n in lengths)
 
 
 # ----------------------------------------------------------------- SFT and ORPO (lessons 07-08)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from course_lib.advantages import group_advantages
@@ -57,7 +58,7 @@ class GRPOSettings:
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     filter_zero_variance: bool = False  # drop groups whose rewards are all equal
-    micro_batch_size: int = 64  # completions per forward/backward
+    micro_batch_size: int = 16  # completions per forward/backward (sorted by length: less padding)
     sample_batch_size: int = 64  # sequences per generate() call
     reward: RewardConfig = RewardConfig()
     seed: int = 0
@@ -152,6 +153,8 @@ class GRPOLoop:
             keep = ~adv.zero_variance.repeat_interleave(s.group_size)
         inputs = {k: v[keep] for k, v in samples_inputs(self.tokenizer, samples, self.device).items()}
         advantages = adv.advantages[keep].to(self.device)  # (n,) rows kept
+        order = torch.argsort(inputs["prompt_mask"].sum(1) + inputs["completion_mask"].sum(1))  # short rows first
+        inputs, advantages = {k: v[order] for k, v in inputs.items()}, advantages[order]  # micro-batches pad less
         self.last_batch = (samples, adv.advantages)  # for a look at what was just trained on
 
         update = {}
@@ -209,11 +212,18 @@ class GRPOLoop:
     def _logprobs(
         self, model, inputs: dict, rows: slice, entropy: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logps, entropy or None), each (n, T), of the rows ``rows`` under ``model``."""
-        part = {k: v[rows] for k, v in inputs.items()}
-        logits = completion_logits(model, **part, temperature=self.settings.temperature)  # (n, T, V)
-        logps = token_logprobs(logits, part["completion_ids"])  # (n, T)
-        return logps, token_entropy(logits.detach()) if entropy else None
+        """(logps, entropy or None), each (m, T), of the rows ``rows`` under ``model``.
+
+        The micro-batch runs without the padding columns none of its rows needs (rows are sorted
+        by length in ``train_step``, so neighbours need about the same width); its results are
+        padded back to the batch's width T.
+        """
+        part = _trim_padding({k: v[rows] for k, v in inputs.items()})
+        logits = completion_logits(model, **part, temperature=self.settings.temperature)  # (m, T_m, V)
+        logps = token_logprobs(logits, part["completion_ids"])  # (m, T_m)
+        width = inputs["completion_ids"].shape[1]
+        pad = (0, width - logps.shape[1])
+        return F.pad(logps, pad), F.pad(token_entropy(logits.detach()), pad) if entropy else None
 
     def _update(
         self, inputs: dict, advantages: torch.Tensor, old: torch.Tensor | None, ref: torch.Tensor | None
@@ -339,3 +349,15 @@ class GRPOLoop:
         self.step, self.history = state["step"], state["history"]
         torch.set_rng_state(state["torch_rng"])
         return self
+
+
+def _trim_padding(part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the prompt's leading and the completion's trailing columns that are padding in every row."""
+    first = int(part["prompt_mask"].any(dim=0).nonzero()[0])  # prompts are left-padded
+    last = int(part["completion_mask"].any(dim=0).nonzero()[-1]) + 1  # completions are right-padded
+    return {
+        "prompt_ids": part["prompt_ids"][:, first:],
+        "prompt_mask": part["prompt_mask"][:, first:],
+        "completion_ids": part["completion_ids"][:, :last],
+        "completion_mask": part["completion_mask"][:, :last],
+    }

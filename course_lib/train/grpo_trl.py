@@ -9,10 +9,16 @@ the loop. Facts that matter (TRL 1.16):
 * ``per_device_train_batch_size`` counts completions, not prompts, and must be a multiple
   of ``num_generations``: P prompts x G completions is ``P * G``.
 * Our learning rate is constant (``lr_scheduler_type="constant"``, no warm-up), as in our loop.
+* TRL 1.16 lets a ``rollout_func`` replace its generation step (experimental in TRL): with
+  ``course_sampler=True`` the trainer's rollouts come from :func:`course_lib.sampling.sample`,
+  the same decoding loop our own GRPO loop uses (:func:`course_rollouts`).
 """
 
 from __future__ import annotations
 
+import itertools
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from datasets import Dataset
@@ -22,6 +28,7 @@ from course_lib.config import Profile
 from course_lib.models import policy_backend, vllm_available
 from course_lib.prompts import format_prompt
 from course_lib.rewards import trl_reward_funcs
+from course_lib.sampling import sample
 from course_lib.train.grpo import GRPOSettings
 from course_lib.train.trainers import device_args, drop_printer
 
@@ -66,6 +73,41 @@ def problems_dataset(problems: list[dict], tokenizer, system_prompt: str | None 
     )
 
 
+def course_rollouts(tokenizer, settings: GRPOSettings) -> Callable[[list[str], GRPOTrainer], dict]:
+    """A ``rollout_func`` for TRL's ``GRPOTrainer`` that samples with :func:`course_lib.sampling.sample`.
+
+    TRL passes the batch's prompts, each repeated G times in a row (its ``RepeatSampler``), and
+    expects per row the prompt's token ids, the completion's ids and their log-probs. Each call
+    draws with its own seed (``settings.seed`` and a call counter), as our loop does per step.
+    """
+    calls = itertools.count()
+
+    def rollout(prompts: list[str], trainer: GRPOTrainer) -> dict:
+        group = settings.group_size
+        unique = prompts[::group]
+        if [p for p in unique for _ in range(group)] != list(prompts):
+            raise ValueError(f"expected each prompt {group} times in a row (num_generations), as TRL's sampler gives")
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        out = sample(
+            model,
+            tokenizer,
+            unique,
+            n=group,
+            temperature=settings.temperature,
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.sample_batch_size,
+            seed=settings.seed * 1_000_003 + next(calls),
+        )
+        lengths = out.lengths.tolist()
+        return {
+            "prompt_ids": [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts],
+            "completion_ids": [row[:k].tolist() for row, k in zip(out.completion_ids, lengths)],
+            "logprobs": [row[:k].tolist() for row, k in zip(out.logprobs, lengths)],
+        }
+
+    return rollout
+
+
 def grpo_trainer(
     profile: Profile,
     model,
@@ -76,23 +118,28 @@ def grpo_trainer(
     lora=None,
     callbacks=(),
     system_prompt: str | None = None,
+    course_sampler: bool = False,
     **overrides,
 ) -> GRPOTrainer:
     """A ready ``trl.GRPOTrainer``: our rewards (one function per term, weighted as in
     ``settings.reward``), our prompts, the profile's devices. ``lora``: a ``LoraConfig`` for
-    TRL to wrap the model with (leave None if the model already carries adapters). No dict
-    per step is printed (:func:`~course_lib.train.trainers.drop_printer`)."""
+    TRL to wrap the model with (leave None if the model already carries adapters).
+    ``course_sampler``: rollouts by :func:`course_rollouts` instead of ``model.generate`` (not
+    with vLLM). No dict per step is printed (:func:`~course_lib.train.trainers.drop_printer`)."""
     funcs, weights = trl_reward_funcs(settings.reward)
     args = grpo_config(profile, output_dir, settings, reward_weights=weights, **overrides)
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=funcs,
-        args=args,
-        processing_class=tokenizer,
-        train_dataset=problems_dataset(problems, tokenizer, system_prompt),
-        peft_config=lora,
-        callbacks=list(callbacks),
-    )
+    with warnings.catch_warnings():  # "rollout_func is experimental": said once, in lesson 06's prose
+        warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=funcs,
+            args=args,
+            processing_class=tokenizer,
+            train_dataset=problems_dataset(problems, tokenizer, system_prompt),
+            peft_config=lora,
+            callbacks=list(callbacks),
+            rollout_func=course_rollouts(tokenizer, settings) if course_sampler else None,
+        )
     drop_printer(trainer)
     return trainer
 
