@@ -146,16 +146,17 @@ def lora_params(shape: ModelShape, rank: int, targets: tuple[str, ...]) -> int:
 def activation_elements_per_token(shape: ModelShape, setup: TrainingSetup) -> float:
     """Values autograd keeps per token in one block, without checkpointing.
 
-    Counted for a Llama block with SDPA attention (no s x s score matrix is kept): about 10h for
-    the hidden-size tensors (the two RMSNorms' inputs and outputs, q, the attention output,
-    o_proj's input, the residual sums), 2 kv for k and v, and 4i for the SwiGLU MLP (gate, up,
-    silu(gate) and their product). LoRA adds 2r per targeted layer (A's input after dropout is
-    shared; A's output and the scaled product). A test holds this within 20 % of what autograd
-    saves for the pocket model.
+    Counted for a Llama block with SDPA attention (no s x s score matrix is kept): 8h for the
+    hidden-size tensors (the two RMSNorms' inputs and outputs, q before and after the rotation,
+    the attention output that o_proj reads), 2 kv for k and v, and 4i for the SwiGLU MLP (gate,
+    up, silu(gate) and their product). LoRA adds, per targeted layer, 2r (A's output and the
+    scaled product) and h / 4 (the dropout mask, one byte per value). A test measures the
+    per-layer term on the pocket model (the difference between 2 and 4 layers, what autograd
+    saves): within 10 %.
     """
     h, kv, i = shape.hidden_size, shape.kv_dim, shape.intermediate_size
-    lora = (setup.lora_rank or 0) * len(setup.lora_targets) * 2
-    return 10 * h + 2 * kv + 4 * i + lora
+    lora = 0 if not setup.lora_rank else len(setup.lora_targets) * (2 * setup.lora_rank + h / 4)
+    return 8 * h + 2 * kv + 4 * i + lora
 
 
 def estimate(shape: ModelShape, setup: TrainingSetup) -> pd.DataFrame:

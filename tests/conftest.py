@@ -1,5 +1,6 @@
 """Shared fixtures: the shared GSM8K copy (skip where absent) and the pocket model."""
 
+import copy
 import os
 from pathlib import Path
 
@@ -32,19 +33,28 @@ def gsm8k_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def pocket():
+def _pocket_loaded():
+    """The shipped pocket model, read from disk once per session. Tests get copies (``pocket``)."""
     from course_lib.models import load_pocket_model
 
     return load_pocket_model()
 
 
+@pytest.fixture
+def pocket(_pocket_loaded):
+    """A fresh copy of the pocket model (eval mode, cache on) and its tokenizer, for one test: what a
+    test does to it (train it, switch it to train mode, let TRL turn the cache off) stays there."""
+    model, tokenizer = _pocket_loaded
+    return copy.deepcopy(model), tokenizer
+
+
 @pytest.fixture(scope="module")
-def grpo_trainer(pocket, tmp_path_factory):
-    """A factory for TRL GRPOTrainers on the pocket model (CPU settings), to compare against TRL."""
+def grpo_trainer(_pocket_loaded, tmp_path_factory):
+    """A factory for TRL GRPOTrainers on copies of the pocket model (CPU settings), to compare against TRL."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    model, tokenizer = pocket
+    loaded, tokenizer = _pocket_loaded
 
     def make(
         rows: list[dict], reward_funcs, group_size: int, reward_weights=None, max_completion_length: int = 2, **config
@@ -63,7 +73,7 @@ def grpo_trainer(pocket, tmp_path_factory):
             **config,
         )
         return GRPOTrainer(
-            model=model,
+            model=copy.deepcopy(loaded),
             reward_funcs=reward_funcs,
             args=args,
             train_dataset=Dataset.from_list(rows),

@@ -138,3 +138,71 @@ def test_bad_settings_are_clear_errors(problems):
         GRPOSettings(group_size=1)
     with pytest.raises(ValueError, match="prompts_per_step"):
         fresh_loop(problems[:2])
+
+
+# --------------------------------------------------------------------------- the normaliser, the reference, resuming
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_micro_batches_do_not_change_the_update(problems, loss_type):
+    """The batch's counts are the one normaliser: 12 rows in micro-batches of 5 (5 + 5 + 2) must move
+    the weights exactly as one pass over all 12 does."""
+    whole = fresh_loop(problems, loss_type=loss_type, micro_batch_size=64, temperature=1.5)
+    split = fresh_loop(problems, loss_type=loss_type, micro_batch_size=5, temperature=1.5)
+    start = [p.detach().clone() for p in whole.policy.parameters()]
+    for _ in range(4):  # until a step has signal
+        a, b = whole.train_step(), split.train_step()
+        if a["rows_trained"] and abs(a["advantage_std"]) > 0:
+            break
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    # Adam divides each gradient by its own size, so an element whose gradient is ~0 can differ by
+    # float noise alone; the update as a whole must agree (a wrong normaliser differs by tens of %).
+    step_whole = torch.cat([(p - s).flatten() for p, s in zip(whole.policy.parameters(), start)])
+    step_split = torch.cat([(q - s).flatten() for q, s in zip(split.policy.parameters(), start)])
+    assert step_whole.norm() > 0
+    assert (step_split - step_whole).norm() / step_whole.norm() < 1e-3
+
+
+def test_with_mu_1_the_kl_is_to_the_starting_policy_not_to_the_sampler(problems):
+    """mu = 1: pi_old is the policy that sampled, so a KL to pi_old is always 0. The KL to pi_ref
+    starts at 0 and grows as the policy moves away from where it started."""
+    loop = fresh_loop(problems, beta=0.04, num_iterations=1, learning_rate=3e-3)
+    table = loop.train(steps=4, progress=False)
+    assert table["kl"].iloc[0] == pytest.approx(0.0, abs=1e-6)
+    assert table["kl"].iloc[-1] > 1e-3
+
+
+def test_the_reference_is_the_starting_model_computed_independently(problems):
+    from course_lib.losses import samples_inputs
+
+    loop = fresh_loop(problems, beta=0.04, learning_rate=3e-3)
+    loop.train(steps=2, progress=False)
+    samples, _ = loop.last_batch
+    inputs = samples_inputs(loop.tokenizer, samples)
+    base, _ = load_pocket_model()
+    expected = samples_logprobs(base, loop.tokenizer, samples).detach()
+    mask = inputs["completion_mask"].bool()  # padding columns are not compared: the loop leaves them 0
+    torch.testing.assert_close(loop._reference_logprobs(inputs)[mask], expected[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_resume_is_exact_with_lora_dropout_and_micro_batches(problems, tmp_path):
+    """LoRA's dropout draws from the global RNG at every forward: a resumed run is exact only if the
+    checkpoint restores that RNG too."""
+    from course_lib.models import load_policy, lora_config
+
+    settings = GRPOSettings(**{**TINY, "micro_batch_size": 5, "num_iterations": 2})
+
+    def lora_loop():
+        model, tokenizer = load_policy(get_profile(), lora=lora_config(dropout=0.05))
+        return GRPOLoop(model, tokenizer, problems, settings)
+
+    straight = lora_loop()
+    straight.train(steps=4, progress=False)
+    first = lora_loop()
+    first.train(steps=2, checkpoint_every=2, checkpoint_path=tmp_path / "lora.pt", progress=False)
+    torch.rand(7)  # anything else that touched the RNG in between
+    resumed = lora_loop().load(tmp_path / "lora.pt")
+    resumed.train(steps=4, progress=False)
+    assert without_timing(resumed.history) == without_timing(straight.history)
+    for a, b in zip(resumed.policy.parameters(), straight.policy.parameters()):
+        assert torch.equal(a, b)
