@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +156,18 @@ class StudyReport:
 def report_name(profile: str, fast: bool) -> str:
     """``showdown``, ``showdown-fast``, ``showdown-gpu``, ``showdown-gpu-fast``."""
     return "showdown" + ("" if profile == "pocket" else f"-{profile}") + ("-fast" if fast else "")
+
+
+RESULTS_DIR_VARIABLE = "COURSE_RESULTS_DIR"
+
+
+def results_dir() -> Path:
+    """Where a study writes its reports and finished arms: ``$COURSE_RESULTS_DIR`` if set, else
+    ``results/`` at the repository's root (the test suite points it at a fresh temporary folder,
+    so that lesson 09 really trains instead of loading arms an earlier run left there)."""
+    if os.environ.get(RESULTS_DIR_VARIABLE):
+        return Path(os.environ[RESULTS_DIR_VARIABLE]).expanduser()
+    return Path(__file__).resolve().parents[1] / "results"
 
 
 def write_reports(report: StudyReport, out_dir: str | Path = "results") -> dict[str, Path]:
