@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install lab test lint test-quick lesson bench showdown pocket-model clean
+.PHONY: install lab test lint test-quick lesson bench showdown pocket-model mutation clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ lint: install
 test-quick: install
 	HF_HUB_OFFLINE=1 COURSE_FAST=1 $(BIN)/python -m pytest -m "not notebook"
 
+# Mutation testing of the core modules with mutmut (outside CI; about 15 minutes on 2 cores).
+# Settings in pyproject.toml ([tool.mutmut]); `$(BIN)/mutmut results` lists the survivors,
+# `$(BIN)/mutmut show NAME` shows one. GSM8K_DIR: the mutants run from mutants/, not from here.
+mutation: install
+	$(BIN)/python -m pip install -q mutmut==3.8.1
+	rm -rf mutants
+	GSM8K_DIR=$${GSM8K_DIR:-$(abspath ..)/shared/gsm8k} HF_HUB_OFFLINE=1 COURSE_FAST=1 OMP_NUM_THREADS=1 \
+		$(BIN)/mutmut run --max-children 2
+	$(BIN)/python tests/mutation_score.py mutants
+
 # Run one lesson headless, in full mode: make lesson NB=notebooks/01_gsm8k_and_the_pocket_model.ipynb
 lesson: install
 	$(BIN)/jupyter execute --inplace $(NB)
@@ -56,4 +66,4 @@ pocket-model: install
 	$(BIN)/python -m course_lib.pocket.pretrain
 
 clean:
-	rm -rf $(VENV) .pytest_cache results runs
+	rm -rf $(VENV) .pytest_cache results runs mutants

@@ -165,3 +165,21 @@ def test_paired_difference_is_narrower_than_separate_intervals_when_problems_var
     low_a, _ = bootstrap_ci(after)
     _, high_b = bootstrap_ci(before)
     assert low_a < high_b  # ... which the separate intervals hide
+
+
+def test_paired_difference_matches_a_brute_force_paired_bootstrap_and_is_seeded():
+    from course_lib.evaluation import paired_difference
+
+    rng = np.random.default_rng(1)
+    p = rng.uniform(size=120)  # each problem's difficulty, shared by both models
+    before = rng.binomial(8, p) / 8  # per-sample accuracy over 8 samples, per problem
+    after = rng.binomial(8, np.clip(p + 0.1, 0, 1)) / 8
+    diffs = 100 * (after - before)
+    # Brute force: resample problems 20,000 times, mean of the paired differences, 2.5 % and 97.5 % points.
+    means = np.sort(diffs[rng.integers(0, 120, size=(20_000, 120))].mean(axis=1))
+    low, high = means[500], means[19_499]
+    change = paired_difference(after, before, n_boot=4000, seed=3)
+    assert change.ci_low == pytest.approx(low, abs=1.0) and change.ci_high == pytest.approx(high, abs=1.0)
+    assert change.ci_low < change.points < change.ci_high
+    assert paired_difference(after, before, seed=3) == paired_difference(after, before, seed=3)  # seeded
+    assert paired_difference(after, before, seed=3) != paired_difference(after, before, seed=4)
