@@ -56,7 +56,7 @@ bench: install
 	$(BIN)/python -m course_lib.bench grpo
 
 # Lesson 09's study: base vs SFT-RS vs ORPO vs GRPO, evaluated alike; writes results/showdown.{json,md,html}.
-# About 10 minutes on 2 cores for the pocket profile; finished arms are kept and reused if interrupted.
+# About 5 minutes on 2 cores for the pocket profile; finished arms are kept and reused if interrupted.
 PROFILE ?= pocket
 showdown: install
 	HF_HUB_OFFLINE=$(if $(filter pocket,$(PROFILE)),1,0) $(BIN)/python -m course_lib showdown --profile $(PROFILE)
