@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install lab test lint test-quick lesson bench showdown pocket-model mutation clean
+.PHONY: install lab test lint test-quick lesson bench showdown pocket-model pocket-teacher mutation clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,14 +56,18 @@ bench: install
 	$(BIN)/python -m course_lib.bench grpo
 
 # Lesson 09's study: base vs SFT-RS vs ORPO vs GRPO, evaluated alike; writes results/showdown.{json,md,html}.
-# About 5 minutes on 2 cores for the pocket profile; finished arms are kept and reused if interrupted.
+# About 10 minutes on 2 cores for the pocket profile; finished arms are kept and reused if interrupted.
 PROFILE ?= pocket
 showdown: install
 	HF_HUB_OFFLINE=$(if $(filter pocket,$(PROFILE)),1,0) $(BIN)/python -m course_lib showdown --profile $(PROFILE)
 
-# Train the shipped pocket model again from its seed (about 40 minutes on 2 cores).
+# Build the shipped base again from its seed: the teacher mid-trained on the two behaviours (about 8 minutes).
 pocket-model: install
-	$(BIN)/python -m course_lib.pocket.pretrain
+	$(BIN)/python -m course_lib.pocket.pretrain --recipe base
+
+# Pretrain the teacher again from scratch (about 45 minutes on 2 cores); the base is built from it.
+pocket-teacher: install
+	$(BIN)/python -m course_lib.pocket.pretrain --recipe teacher
 
 clean:
 	rm -rf $(VENV) .pytest_cache results runs mutants

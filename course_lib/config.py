@@ -52,6 +52,7 @@ class Profile:
     teacher_model: str | None = None  # a stronger model to distil from (lesson 07)
     study_questions: int = 128  # training questions per arm of a study (lesson 09's showdown)
     study_samples: int = 8  # samples per training question in a study (GRPO's group size there)
+    study_eval_problems: int = 0  # test problems of a study (0: n_eval_problems)
     facts_probe_size: int = 0  # held-out facts asked to measure forgetting (0: the model has none)
     fast: bool = False  # fast mode: counts shrunk by FAST_MODE (see for_mode)
 
@@ -73,6 +74,7 @@ PROFILES: dict[str, Profile] = {
         torch_threads=2,
         teacher_model="pocket_teacher",
         study_questions=128,
+        study_eval_problems=500,  # the showdown's paired intervals need more problems than a lesson's table
         facts_probe_size=120,
     ),
     "gpu": Profile(
@@ -91,6 +93,7 @@ PROFILES: dict[str, Profile] = {
         torch_threads=0,
         teacher_model="Qwen/Qwen2.5-1.5B-Instruct",
         study_questions=7473,
+        study_eval_problems=1319,
         facts_probe_size=0,
     ),
 }
@@ -99,11 +102,19 @@ PROFILES: dict[str, Profile] = {
 #: a count already below its cap stays). The only place fast mode is defined.
 FAST_MODE: dict[str, dict[str, int]] = {
     "Profile": dict(
-        n_eval_problems=8, eval_k=4, max_new_tokens=160, study_questions=4, study_samples=4, facts_probe_size=24
+        n_eval_problems=8,
+        eval_k=4,
+        max_new_tokens=160,
+        study_questions=4,
+        study_samples=4,
+        study_eval_problems=8,
+        facts_probe_size=24,
     ),
-    "GRPOSettings": dict(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=48),
-    "RSSettings": dict(rounds=2, questions_per_round=6, k=4, max_new_tokens=64, batch_size=4),
-    "ORPOSettings": dict(questions=8, k=4, max_new_tokens=64, batch_size=4),
+    # completions keep the profile's budget (160): a step-by-step solution needs about 100 tokens
+    "GRPOSettings": dict(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=160),
+    "RSSettings": dict(rounds=2, questions_per_round=6, k=4, max_new_tokens=160, batch_size=4),
+    "ORPOSettings": dict(questions=8, k=4, max_new_tokens=160, batch_size=4),
+    "DPOSettings": dict(batch_size=4),
 }
 
 

@@ -21,6 +21,7 @@ over problems (the problems are the random sample we want to generalise from).
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from course_lib import behaviours
 from course_lib.config import Profile
 from course_lib.losses import log_likelihood
 from course_lib.prompts import format_prompt
@@ -223,16 +225,24 @@ def evaluate(
 
 
 def evaluate_profile(
-    model, tokenizer, problems: list[dict], profile: Profile, seed: int = 0, progress: bool = True
+    model,
+    tokenizer,
+    problems: list[dict],
+    profile: Profile,
+    seed: int = 0,
+    progress: bool = True,
+    n: int | None = None,
 ) -> EvalResult:
     """:func:`evaluate` with the profile's k, temperature, token budget, batch size and system
     prompt: the one evaluation every before/after table of the course runs, so that tables of
-    different lessons compare like with like."""
+    different lessons compare like with like. ``n``: samples per problem when more than k are
+    wanted (pass@k for larger k, :func:`pass_at_k_curve`)."""
     return evaluate(
         model,
         tokenizer,
         problems,
         k=profile.eval_k,
+        n=n,
         temperature=profile.temperature,
         max_new_tokens=profile.max_new_tokens,
         batch_size=profile.sample_batch_size,
@@ -242,15 +252,88 @@ def evaluate_profile(
     )
 
 
+def paired_changes(before: EvalResult, after: EvalResult) -> dict[str, PairedChange]:
+    """``{metric: after - before}`` as paired changes (points, 95 % paired interval) over the same problems.
+
+    Raises ``ValueError`` when the two evaluations are not of the same problems in the same order.
+    """
+    if list(before.per_problem["question"]) != list(after.per_problem["question"]):
+        raise ValueError("before and after were evaluated on different problems: evaluate both on the same list")
+    return {
+        name: paired_difference(after.per_problem[metric], before.per_problem[metric])
+        for metric, name in zip(METRICS, before.summary.index)
+    }
+
+
 def before_after(before: EvalResult, after: EvalResult) -> pd.DataFrame:
-    """One row per metric: ``before``, ``after`` with its 95% interval, and the change in points."""
-    table = (
-        before.summary[["value"]]
-        .rename(columns={"value": "before"})
-        .join(after.summary[["value", "ci_low", "ci_high"]].rename(columns={"value": "after"}))
-    )
-    table["change (points)"] = 100 * (table["after"] - table["before"])
+    """One row per metric: ``before``, ``after``, and the paired change in points with its 95 % interval
+    (``change (points)``, ``change_low``, ``change_high``; ``verdict``: better, worse or cannot tell)."""
+    changes = paired_changes(before, after)
+    table = before.summary[["value"]].rename(columns={"value": "before"})
+    table["after"] = after.summary["value"]
+    table["change (points)"] = [changes[m].points for m in table.index]
+    table["change_low"] = [changes[m].ci_low for m in table.index]
+    table["change_high"] = [changes[m].ci_high for m in table.index]
+    table["verdict"] = [changes[m].verdict for m in table.index]
     return table
+
+
+def pass_at_k_curve(result: EvalResult, ks: list[int] | None = None) -> pd.DataFrame:
+    """pass@k for every k in ``ks`` (default 1, 2, 4, ... up to the samples per problem), estimated
+    without bias from all n samples of each problem, with a 95 % bootstrap interval over problems."""
+    n = int(result.per_problem["n"].min())
+    ks = ks or [2**i for i in range(n.bit_length()) if 2**i <= n]
+    rows = []
+    for k in ks:
+        values = [pass_at_k(int(r.n), int(r.n_correct), k) for r in result.per_problem.itertuples()]
+        low, high = bootstrap_ci(values)
+        rows.append({"k": k, "pass@k": float(np.mean(values)), "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows).set_index("k")
+
+
+def paired_pass_at_k(before: EvalResult, after: EvalResult, ks: list[int] | None = None) -> pd.DataFrame:
+    """pass@k of both evaluations for each k, and the paired change with its interval."""
+    b, a = pass_at_k_curve(before, ks), pass_at_k_curve(after, ks)
+    rows = []
+    for k in b.index:
+        per = [
+            [pass_at_k(int(r.n), int(r.n_correct), k) for r in result.per_problem.itertuples()]
+            for result in (before, after)
+        ]
+        change = paired_difference(per[1], per[0])
+        rows.append({"k": k, "before": b.loc[k, "pass@k"], "after": a.loc[k, "pass@k"], "change": change})
+    table = pd.DataFrame(rows).set_index("k")
+    table["change (points)"] = [c.points for c in table["change"]]
+    return table.assign(change=[str(c) for c in table["change"]])
+
+
+class HeldOutProbe:
+    """A training callback that measures a small fixed set of held-out problems every ``every`` steps.
+
+    Pass it to a training loop before the live curves (``callbacks=[probe, curves]``): it adds
+    ``heldout_accuracy`` (per-sample accuracy of ``k`` samples per problem at ``temperature``) and
+    ``heldout_<behaviour>`` shares (:mod:`course_lib.behaviours`) to the step's row, so they land in
+    the history and the curves. Its sampling has its own seed: the training run is unchanged by it.
+    """
+
+    def __init__(self, model, tokenizer, problems: list[dict], every: int = 2, k: int = 4, **sampling):
+        self.model, self.tokenizer, self.problems, self.every, self.k = model, tokenizer, problems, every, k
+        self.sampling = {"temperature": 1.0, "max_new_tokens": 200, "batch_size": 256, "seed": 12345, **sampling}
+        self.seconds = 0.0  # time spent probing, kept out of the training time
+
+    def measure(self) -> dict[str, float]:
+        """The probe's numbers for the model as it is now."""
+        start = time.perf_counter()
+        result = evaluate(self.model, self.tokenizer, self.problems, k=self.k, progress=False, **self.sampling)
+        table = behaviours.result_table(result)
+        self.seconds += time.perf_counter() - start
+        return {"heldout_accuracy": result.value("per_sample_accuracy")} | {
+            f"heldout_{name}": float(table.loc[name, "share"]) for name in behaviours.BEHAVIOURS
+        }
+
+    def __call__(self, row: dict) -> None:
+        if row["step"] == 1 or row["step"] % self.every == 0:
+            row.update(self.measure())
 
 
 def _summary_path(name: str, profile: Profile, runs_dir) -> Path:
@@ -303,3 +386,12 @@ def facts_probe(model, tokenizer, probe: list[dict]) -> dict[str, float]:
         "mean_gold_logprob": float(np.mean(gold_logps)),
         "n_items": len(probe),
     }
+
+
+def sorting_probe(model, tokenizer, items: list[dict], batch_size: int = 128) -> dict[str, float]:
+    """The held-out sorting lists (``data.sorting.probe_set``), answered greedily: ``accuracy`` (the
+    whole list in order, exactly) and ``n_items``. A skill no post-training lesson trains."""
+    prompts = [format_prompt(tokenizer, item["question"]) for item in items]
+    samples = sample(model, tokenizer, prompts, n=1, temperature=0.0, max_new_tokens=40, batch_size=batch_size)
+    right = [text.strip() == item["solution"] for text, item in zip(samples.texts, items)]
+    return {"accuracy": sum(right) / len(items), "n_items": len(items)}

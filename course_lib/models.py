@@ -20,8 +20,10 @@ from course_lib.config import Profile, import_unsloth_first, uses_unsloth
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POCKET_MODEL_DIR = REPO_ROOT / "data" / "pocket_model"
-# The same recipe trained 3x longer: a strong solver, the teacher for distillation.
+# The pretrained model the base was mid-trained from: a strong solver, the teacher for distillation.
 POCKET_TEACHER_DIR = REPO_ROOT / "data" / "pocket_teacher"
+# The control of lesson 05: the base's mid-training with no step-by-step solution in the corpus.
+POCKET_ANSWER_ONLY_DIR = REPO_ROOT / "data" / "pocket_answer_only"
 
 
 def pocket_model_dir() -> Path:
@@ -37,9 +39,10 @@ def load_pocket_model(path: str | Path | None = None, device: str = "cpu"):
     path = Path(path) if path is not None else pocket_model_dir()
     if not (path / "model.safetensors").is_file():
         raise FileNotFoundError(
-            f"No pocket model at {path} (model.safetensors missing). It ships with the course "
-            "under data/pocket_model; restore it with `git checkout -- data/pocket_model`, or "
-            "train it again with `python -m course_lib.pocket.pretrain` (about 40 minutes on 2 cores)."
+            f"No pocket model at {path} (model.safetensors missing). The pocket models ship with the "
+            "course under data/ (pocket_model, pocket_teacher, pocket_answer_only); restore one with "
+            "`git checkout -- data/<folder>`, or build it again with `python -m course_lib.pocket.pretrain "
+            "--recipe base` (or teacher, answer_only; see course_lib.pocket.pretrain.RECIPES)."
         )
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = LlamaForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
@@ -101,6 +104,13 @@ def lora_config(
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def with_lora(model, lora: LoraConfig, seed: int = 0):
+    """``model`` wrapped with PEFT LoRA adapters (``B = 0``: the wrapped model computes what the model
+    did), their random ``A`` drawn from ``seed``, as :func:`load_policy` does."""
+    torch.manual_seed(seed)
+    return get_peft_model(model, lora)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -168,8 +178,7 @@ def load_policy(
     else:
         model, tokenizer = load_model(profile)
         if lora is not None:
-            torch.manual_seed(seed)  # the adapters' random init
-            model = get_peft_model(model, lora)
+            model = with_lora(model, lora, seed)
     adapters = f"LoRA r={lora.r}, alpha={lora.lora_alpha}" if lora is not None else "full fine-tuning"
     why = "" if backend == "unsloth" else (" (no CUDA: Unsloth skipped)" if profile.use_unsloth else "")
     print(f"policy: {profile.model_name} via {backend}{why}, {adapters}, on {next(model.parameters()).device}")

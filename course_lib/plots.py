@@ -441,3 +441,63 @@ def memory_bar(table, title: str = "GPU memory per part", gpus_gb=(8, 16, 24, 40
         xaxis_range=[0, max(float(table.loc["total", "GB"]) * 1.1, 9)],
     )
     return fig
+
+
+def pass_at_k_curves(named_curves: dict, title: str = "pass@k against k") -> go.Figure:
+    """pass@k (with its 95 % band) against k on a log axis, one line per model;
+    ``named_curves`` maps a name to :func:`course_lib.evaluation.pass_at_k_curve`'s table."""
+    fig = go.Figure()
+    for name, curve in named_curves.items():
+        ks = list(curve.index)
+        fig.add_scatter(x=ks, y=curve["pass@k"], mode="lines+markers", name=name)
+        fig.add_scatter(
+            x=ks + ks[::-1],
+            y=list(curve["ci_high"]) + list(curve["ci_low"])[::-1],
+            fill="toself",
+            opacity=0.2,
+            line={"width": 0},
+            showlegend=False,
+            hoverinfo="skip",
+        )
+    fig.update_layout(xaxis={"type": "log", "title": "k (samples per problem)"}, yaxis_range=[0, 1.02], title=title)
+    fig.update_layout(yaxis_title="pass@k")
+    return fig
+
+
+def behaviour_shares(named_tables: dict, title: str = "Which behaviour does the model choose?") -> go.Figure:
+    """Stacked bars of each behaviour's share, one bar per model; the hover text gives the accuracy
+    inside the behaviour. ``named_tables`` maps a name to :func:`course_lib.behaviours.result_table`."""
+    fig = go.Figure()
+    behaviours = list(next(iter(named_tables.values())).index)
+    for behaviour in behaviours:
+        fig.add_bar(
+            x=list(named_tables),
+            y=[table.loc[behaviour, "share"] for table in named_tables.values()],
+            name=behaviour.replace("_", " "),
+            customdata=[table.loc[behaviour, "accuracy"] for table in named_tables.values()],
+            hovertemplate="%{y:.0%} of completions, %{customdata:.0%} of them right",
+        )
+    fig.update_layout(barmode="stack", yaxis={"range": [0, 1], "title": "share of completions"}, title=title)
+    return fig
+
+
+def sweep_curves(named_histories: dict, keys=("reward", "accuracy"), title: str = "Training curves") -> go.Figure:
+    """One subplot per key, one line per run: how each run's logged metrics moved over its steps."""
+    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=keys)
+    for i, (name, history) in enumerate(named_histories.items()):
+        for j, key in enumerate(keys):
+            fig.add_scatter(
+                x=history["step"],
+                y=history[key],
+                name=name,
+                legendgroup=name,
+                showlegend=j == 0,
+                line={"color": _PALETTE[i % len(_PALETTE)]},
+                row=1,
+                col=j + 1,
+            )
+    fig.update_layout(title=title, height=360)
+    return fig
+
+
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")

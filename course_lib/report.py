@@ -65,6 +65,7 @@ class ArmResult:
     mean_completion_chars: float
     budget: Budget
     history: list[dict] = field(default_factory=list)
+    behaviours: dict[str, float] = field(default_factory=dict)  # share of each behaviour among the completions
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -197,12 +198,13 @@ def load_report(path: str | Path) -> StudyReport:
 
 def results_table(report: StudyReport) -> pd.DataFrame:
     """One row per arm: each metric in % with its 95 % interval, the facts probe, the share of
-    completions in strict format, and the budget spent."""
+    completions in strict format and step by step, and the budget spent."""
     rows = []
     for r in report.arms.values():
         row = {"arm": r.label, **{metric: str(m) for metric, m in r.metrics.items()}}
         row["facts probe"] = r.facts.accuracy if r.facts else float("nan")
         row["strict format"] = r.format["strict_format"]
+        row["step by step"] = r.behaviours.get("step_by_step", float("nan"))
         b = r.budget
         row.update(
             {
@@ -214,6 +216,21 @@ def results_table(report: StudyReport) -> pd.DataFrame:
         )
         rows.append(row)
     return pd.DataFrame(rows).set_index("arm")
+
+
+def between_arms(report: StudyReport, metric: str = "per_sample_accuracy") -> pd.DataFrame:
+    """Every pair of arms on one metric: row minus column, in points with the paired 95 % interval
+    (the same problems and seeds for every arm), e.g. ``table.loc["GRPO", "SFT-RS"]``."""
+    labels = {arm: r.label for arm, r in report.arms.items()}
+    return pd.DataFrame(
+        {
+            labels[col]: {
+                labels[row]: "" if row == col else str(paired_difference(r.per_problem[metric], c.per_problem[metric]))
+                for row, r in report.arms.items()
+            }
+            for col, c in report.arms.items()
+        }
+    )
 
 
 def changes_table(report: StudyReport) -> pd.DataFrame:
@@ -254,6 +271,11 @@ def markdown_report(report: StudyReport) -> str:
     ]
     for arm, changes in report.changes.items():
         lines.append(f"| {arms[arm].label} | " + " | ".join(str(c) for c in changes.values()) + " |")
+    metric = metrics[0]
+    lines += ["", f"## Between arms: {metric}, row minus column (points, paired 95 % interval)", ""]
+    pairs = between_arms(report, metric)
+    lines += ["| | " + " | ".join(pairs.columns) + " |", "|" + "---|" * (len(pairs.columns) + 1)]
+    lines += [f"| {row} | " + " | ".join(pairs.loc[row]) + " |" for row in pairs.index]
     lines += [
         "",
         "## Budget",

@@ -49,6 +49,7 @@ accuracy. With the option on, format only ranks correct answers against each oth
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import unicodedata
@@ -288,16 +289,26 @@ class RewardConfig:
 
     ``total = correctness_weight * correct
             + format_weight * 0.5 * sum(format components)   (0 for wrong answers if format_needs_correct)
-            + length_weight * overlong_penalty(length)``
+            + brevity_weight * (1 + overlong_penalty(length))  (likewise)
+            + length_weight * overlong_penalty(length)
+            + random_weight * coin(text)``
+
+    The brevity bonus is DAPO's overlong shape turned into a bonus: 1 up to ``max_length -
+    length_buffer``, falling linearly to 0 at ``max_length``. The coin is a seeded hash of the
+    completion's text, 0 or 1 with equal odds: a reward that knows nothing about the answer
+    (the control of lesson 05).
     """
 
     correctness_weight: float = 1.0
     format_weight: float = 0.0
+    brevity_weight: float = 0.0
     length_weight: float = 0.0
-    format_needs_correct: bool = True
+    random_weight: float = 0.0
+    format_needs_correct: bool = True  # format and brevity are paid to correct answers only
     dotall: bool = True
     max_length: int = 256  # tokens when token ids are known, else characters
     length_buffer: int = 64
+    random_seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.length_buffer <= self.max_length:
@@ -316,8 +327,8 @@ def reward_breakdown(
 
     ``length`` is the completion's length in tokens; by default its length in characters.
     Returns ``extracted``, ``correct`` (bool), the four format components (0/1),
-    ``format_paid`` (whether format earns anything here), and the weighted terms
-    ``correctness``, ``format``, ``length`` and their sum ``total``.
+    ``format_paid`` (whether format and brevity earn anything here), and the weighted terms
+    ``correctness``, ``format``, ``brevity``, ``length``, ``random`` and their sum ``total``.
     """
     text = completion_text(text)
     extracted = extract_answer(text)
@@ -328,9 +339,19 @@ def reward_breakdown(
     row: dict[str, Any] = {"extracted": extracted, "correct": correct, **parts, "format_paid": paid}
     row["correctness"] = config.correctness_weight * float(correct)
     row["format"] = config.format_weight * FORMAT_POINTS * sum(parts.values()) * paid
-    row["length"] = config.length_weight * overlong_penalty(length, config.max_length, config.length_buffer)
-    row["total"] = row["correctness"] + row["format"] + row["length"]
+    overlong = overlong_penalty(length, config.max_length, config.length_buffer)
+    row["brevity"] = config.brevity_weight * (1.0 + overlong) * paid
+    row["length"] = config.length_weight * overlong
+    row["random"] = config.random_weight * coin(text, config.random_seed) if config.random_weight else 0.0
+    row["total"] = row["correctness"] + row["format"] + row["brevity"] + row["length"] + row["random"]
     return row
+
+
+def coin(text: str, seed: int = 0) -> float:
+    """0.0 or 1.0 with equal odds: a seeded hash of ``text``, the same for the same text and seed,
+    unrelated to what the text says (a random reward that still is a function of the completion)."""
+    digest = hashlib.sha256(f"{seed}/{text}".encode()).digest()
+    return float(digest[0] & 1)
 
 
 # --------------------------------------------------------------------------- TRL signature
@@ -381,7 +402,7 @@ def make_reward(config: RewardConfig = RewardConfig(), name: str = "reward") -> 
     def reward(
         completions: Sequence, answer: Any = None, completion_ids: Sequence | None = None, **kwargs: Any
     ) -> list[float]:
-        needs_answers = bool(config.correctness_weight or config.format_weight)
+        needs_answers = bool(config.correctness_weight or config.format_weight or config.brevity_weight)
         golds = _column(answer, "answer", len(completions), name, required=needs_answers)
         lengths = _token_counts(completion_ids, len(completions))
         return [reward_breakdown(c, g, config, n)["total"] for c, g, n in zip(completions, golds, lengths)]
@@ -407,6 +428,26 @@ def make_length_reward(max_length: int = 256, buffer: int = 64) -> Callable[...,
     return make_reward(config, name="length_reward")
 
 
+def make_brevity_reward(
+    needs_correct: bool = True, max_length: int = 256, buffer: int = 64
+) -> Callable[..., list[float]]:
+    """The brevity bonus in ``[0, 1]`` (1 up to ``max_length - buffer`` tokens, 0 from ``max_length``);
+    only for correct answers when ``needs_correct``."""
+    config = RewardConfig(
+        correctness_weight=0.0,
+        brevity_weight=1.0,
+        format_needs_correct=needs_correct,
+        max_length=max_length,
+        length_buffer=buffer,
+    )
+    return make_reward(config, name="brevity_reward")
+
+
+def make_random_reward(seed: int = 0) -> Callable[..., list[float]]:
+    """0 or 1 from a seeded hash of each completion (:func:`coin`): a reward with no signal."""
+    return make_reward(RewardConfig(correctness_weight=0.0, random_weight=1.0, random_seed=seed), name="random_reward")
+
+
 correctness_reward = make_correctness_reward(1.0)
 format_reward = make_format_reward()
 
@@ -422,7 +463,13 @@ def trl_reward_funcs(config: RewardConfig = RewardConfig()) -> tuple[list[Callab
     if config.format_weight:
         funcs.append(make_format_reward(config.format_needs_correct, config.dotall))
         weights.append(config.format_weight)
+    if config.brevity_weight:
+        funcs.append(make_brevity_reward(config.format_needs_correct, config.max_length, config.length_buffer))
+        weights.append(config.brevity_weight)
     if config.length_weight:
         funcs.append(make_length_reward(config.max_length, config.length_buffer))
         weights.append(config.length_weight)
+    if config.random_weight:
+        funcs.append(make_random_reward(config.random_seed))
+        weights.append(config.random_weight)
     return funcs, weights

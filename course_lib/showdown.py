@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from course_lib import behaviours
 from course_lib.config import Profile
 from course_lib.data import eval_problems, facts_probe_items, train_problems
 from course_lib.evaluation import METRICS, evaluate_profile, facts_probe
@@ -102,7 +103,7 @@ def plan_for(
     """The study's plan for a profile, built from the recipes of lessons 05-08.
 
     Pocket: 128 questions x 8 samples (one GRPO epoch of 16 steps of 8 x 8); full mode's
-    evaluation is the profile's 200 test problems. GPU: the setting of Trelis Research's study,
+    evaluation is the profile's 500 study test problems. GPU: the setting of Trelis Research's study,
     the GSM8K train set (7,472 questions: 7,473 rounded down to whole GRPO steps) x 8 samples,
     on all 1,319 test problems. ``questions`` / ``n_eval`` override the counts (e.g. a documented
     GPU subset); ``questions`` is rounded down to a multiple of GRPO's prompts per step.
@@ -125,7 +126,16 @@ def plan_for(
         r=lora.r, alpha=lora.lora_alpha, dropout=lora.lora_dropout, target_modules=tuple(sorted(lora.target_modules))
     )
     return ShowdownPlan(
-        profile.name, profile.fast, q, k, n_eval or profile.n_eval_problems, rs, orpo, grpo, lora_args, train_seed
+        profile.name,
+        profile.fast,
+        q,
+        k,
+        n_eval or profile.study_eval_problems or profile.n_eval_problems,
+        rs,
+        orpo,
+        grpo,
+        lora_args,
+        train_seed,
     )
 
 
@@ -278,6 +288,7 @@ class Showdown:
             mean_completion_chars=float(np.mean([len(t) for t in texts])),
             budget=budget,
             history=history,
+            behaviours=behaviours.shares(texts),
         )
 
 

@@ -3,8 +3,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from course_lib.evaluation import (
+    EvalResult,
+    HeldOutProbe,
     before_after,
     bootstrap_ci,
     consistency_at_k,
@@ -13,7 +16,9 @@ from course_lib.evaluation import (
     facts_probe,
     maj_at_k,
     majority_answer,
+    paired_pass_at_k,
     pass_at_k,
+    pass_at_k_curve,
     score_problems,
     summarize,
     wilson_interval,
@@ -90,8 +95,11 @@ def test_evaluate_pocket_model(pocket):
     assert len(result.per_problem) == 6 and all(len(c) == 4 for c in result.completions)
     # pass@k >= per-sample accuracy, always.
     assert result.value("pass@4") >= result.value("per_sample_accuracy")
-    # one-step problems are easy for the pocket model
-    assert result.value("per_sample_accuracy") > 0.3
+    # one-step problems are easy for the pocket model when it works step by step (lesson 01)
+    from course_lib.behaviours import result_table
+
+    table = result_table(result)
+    assert table.loc["step_by_step", "n"] >= 3 and table.loc["step_by_step", "accuracy"] >= 0.8
 
 
 def test_evaluate_profile_uses_every_setting_of_the_profile(pocket):
@@ -121,10 +129,56 @@ def test_evaluate_profile_uses_every_setting_of_the_profile(pocket):
     assert ours.completions == direct.completions and ours.summary.equals(direct.summary)
 
     table = before_after(direct, ours)
-    assert list(table.columns) == ["before", "after", "ci_low", "ci_high", "change (points)"]
-    assert (table["change (points)"] == 0).all()
-    shifted = dataclasses.replace(ours, summary=ours.summary.assign(value=ours.summary["value"] + 0.1))
-    assert before_after(direct, shifted).loc["pass@3", "change (points)"] == pytest.approx(10.0)
+    assert list(table.columns) == ["before", "after", "change (points)", "change_low", "change_high", "verdict"]
+    assert (table["change (points)"] == 0).all() and (table["verdict"] == "cannot tell").all()
+
+
+def result_from(problems, n_correct: list[int], n: int = 8):
+    """An EvalResult whose i-th problem has n_correct[i] right answers out of n."""
+    completions = [["#### 1"] * c + ["#### 0"] * (n - c) for c in n_correct]
+    per_problem = score_problems(problems, completions, k=n)
+    return EvalResult(summarize(per_problem, n), per_problem, completions, n)
+
+
+def test_before_after_carries_the_paired_change_and_its_interval():
+    problems = [{"question": f"q{i}", "answer": "1"} for i in range(40)]
+    before = result_from(problems, [i % 4 for i in range(40)])
+    after = result_from(problems, [min(8, i % 4 + 3) for i in range(40)])  # every problem 3 more right
+    table = before_after(before, after)
+    row = table.loc["per_sample_accuracy"]
+    assert row["change (points)"] == pytest.approx(100 * 3 / 8)
+    assert row["change_low"] == pytest.approx(100 * 3 / 8) and row["verdict"] == "better"  # the same gain everywhere
+    assert row["after"] - row["before"] == pytest.approx(3 / 8)
+    with pytest.raises(ValueError, match="different problems"):
+        before_after(before, result_from(problems[::-1], [0] * 40))
+
+
+def test_pass_at_k_curve_rises_with_k_and_ends_at_any_correct():
+    problems = [{"question": f"q{i}", "answer": "1"} for i in range(20)]
+    result = result_from(problems, [0, 1, 2, 8] * 5)
+    curve = pass_at_k_curve(result)
+    assert list(curve.index) == [1, 2, 4, 8]
+    assert curve["pass@k"].is_monotonic_increasing
+    assert curve.loc[1, "pass@k"] == pytest.approx(result.value("per_sample_accuracy"))
+    assert curve.loc[8, "pass@k"] == pytest.approx(0.75)  # all but the problems with no correct sample
+    table = paired_pass_at_k(result, result_from(problems, [1, 1, 2, 8] * 5), ks=[1, 8])
+    assert table.loc[8, "change (points)"] == pytest.approx(25.0) and table.loc[1, "change (points)"] > 0
+
+
+def test_the_held_out_probe_adds_its_numbers_to_the_row_without_touching_training(pocket):
+    from course_lib.data import pocket_math
+
+    model, tok = pocket
+    probe = HeldOutProbe(model, tok, pocket_math.pocket_test_set(3), every=2, k=2, max_new_tokens=40)
+    state = torch.get_rng_state()
+    rows = [{"step": s} for s in (1, 2, 3)]
+    for row in rows:
+        probe(row)
+    assert torch.equal(state, torch.get_rng_state())  # its sampling has its own generator
+    assert "heldout_accuracy" in rows[0] and "heldout_accuracy" in rows[1] and "heldout_accuracy" not in rows[2]
+    shares = [rows[0][f"heldout_{name}"] for name in ("answer_only", "step_by_step", "other")]
+    assert sum(shares) == pytest.approx(1.0) and probe.seconds > 0
+    assert rows[0]["heldout_accuracy"] == rows[1]["heldout_accuracy"]  # the same model, the same seeded samples
 
 
 def test_facts_probe_beats_chance(pocket):

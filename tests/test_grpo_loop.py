@@ -105,8 +105,8 @@ def test_resume_refuses_other_settings(problems, tmp_path):
 def test_kl_to_the_reference_starts_at_zero_and_mu_2_clips(problems):
     loop = fresh_loop(problems, beta=0.04, num_iterations=2, learning_rate=3e-3)
     table = loop.train(steps=3, progress=False)
-    assert table["kl"].iloc[0] < 1e-3  # pi_ref is the starting policy
-    assert table["kl"].iloc[-1] > table["kl"].iloc[0]
+    # pi_ref is the starting policy: step 1's first inner update is at KL 0, so its mean is far below later ones
+    assert table["kl"].iloc[0] < 0.5 * table["kl"].iloc[-1]
     assert table["clip_ratio/region"].max() > 0  # the second inner step moved pi off pi_old
 
 

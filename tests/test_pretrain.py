@@ -1,6 +1,8 @@
 import dataclasses
+import json
 import math
 
+import pytest
 import torch
 
 from course_lib.pocket.pretrain import PretrainConfig, collate, encode, lr_at, pretrain
@@ -77,3 +79,79 @@ def test_config_that_cannot_train_is_rejected_clearly():
         PretrainConfig(hidden_size=100, num_heads=3)
     with pytest.raises(ValueError, match="min_steps"):
         PretrainConfig(min_steps=4, max_steps=2)
+
+
+def test_the_mixture_writes_the_same_problems_two_ways_at_the_configured_share():
+    import itertools
+
+    from course_lib.behaviours import behaviour
+    from course_lib.pocket.pretrain import example_stream
+
+    cfg = tiny(step_by_step_share=0.4, fact_fraction=0.1, sorting_fraction=0.1)
+    examples = list(itertools.islice(example_stream(cfg, lambda: 5), 3000))
+    maths = [e for e in examples if "behaviour" in e]
+    share = sum(e["behaviour"] == "step_by_step" for e in maths) / len(maths)
+    assert 0.37 < share < 0.43
+    assert all(behaviour(e["solution"]) == e["behaviour"] for e in maths)  # the tag is what the text shows
+    assert all(e["solution"].endswith(f"#### {e['answer']}") for e in maths)
+    kinds = [e.get("kind") for e in examples]
+    assert 0.07 < kinds.count("sorting") / len(examples) < 0.13
+    # share 0 keeps the same stream, each solution the answer line alone: the control of lesson 05
+    plain = list(itertools.islice(example_stream(dataclasses.replace(cfg, step_by_step_share=0.0), lambda: 5), 3000))
+    assert [e["question"] for e in plain] == [e["question"] for e in examples]
+    assert all(e["behaviour"] == "answer_only" for e in plain if "behaviour" in e)
+
+
+def test_length_buckets_would_sort_the_behaviours_into_batches_of_their_own():
+    """Why a mixture is batched in stream order (PretrainConfig.length_buckets)."""
+    from course_lib.pocket.pretrain import batches, build_tokenizer
+
+    cfg = tiny(step_by_step_share=0.4, batch_size=16, fact_fraction=0.0)
+    tok = build_tokenizer(cfg)
+
+    def distance_from_the_corpus_share(buckets: bool) -> float:
+        """Mean |share of step-by-step rows in a batch - 0.4| over 32 batches."""
+        data = batches(dataclasses.replace(cfg, length_buckets=buckets), tok, lambda: 5)
+        distance = 0.0
+        for _ in range(32):
+            _, labels, _ = next(data)
+            long = [(row != -100).sum().item() > 8 for row in labels]  # longer than "#### N" + EOS
+            distance += abs(sum(long) / len(long) - 0.4) / 32
+        return distance
+
+    assert distance_from_the_corpus_share(buckets=False) < 0.15  # binomial noise of 16 rows: about 0.1
+    assert distance_from_the_corpus_share(buckets=True) > 0.3  # whole batches of one behaviour
+
+
+def test_mid_training_starts_from_the_checkpoint(tmp_path):
+    start, tok, _ = pretrain(tiny(train_steps=30, lr=3e-3), out_dir=tmp_path, progress=False)
+    on, _, log = pretrain(
+        tiny(train_steps=10, lr=1e-9, warmup_steps=1, init_from=str(tmp_path)), out_dir="", progress=False
+    )
+    _, _, fresh_log = pretrain(tiny(train_steps=10, lr=1e-9, warmup_steps=1), out_dir="", progress=False)
+    assert held_out_loss(on, tok) == pytest.approx(held_out_loss(start, tok), abs=1e-4)  # lr ~0: the same weights
+    assert log[0]["loss"] < fresh_log[0]["loss"] - 1.0
+
+
+def test_the_recipes_of_the_shipped_checkpoints():
+    from course_lib.models import POCKET_ANSWER_ONLY_DIR, POCKET_MODEL_DIR, POCKET_TEACHER_DIR, REPO_ROOT
+    from course_lib.pocket.pretrain import RECIPES, recipe
+
+    assert REPO_ROOT / RECIPES["base"].out_dir == POCKET_MODEL_DIR
+    assert REPO_ROOT / RECIPES["teacher"].out_dir == POCKET_TEACHER_DIR
+    assert REPO_ROOT / RECIPES["answer_only"].out_dir == POCKET_ANSWER_ONLY_DIR
+    assert REPO_ROOT / RECIPES["base"].init_from == POCKET_TEACHER_DIR
+    differ = {
+        f.name
+        for f in dataclasses.fields(PretrainConfig)
+        if getattr(RECIPES["base"], f.name) != getattr(RECIPES["answer_only"], f.name)
+    }
+    assert differ == {"step_by_step_share", "out_dir"}  # the control differs in its corpus only
+    for name in RECIPES:  # what each checkpoint's log says it was trained with
+        shipped = json.loads((REPO_ROOT / RECIPES[name].out_dir / "pretrain_log.json").read_text())["config"]
+        wanted = dataclasses.asdict(RECIPES[name])
+        same = [k for k in wanted if k in shipped and k not in ("eval_every", "out_dir")]
+        assert {k: shipped[k] for k in same} == {k: wanted[k] for k in same}, name
+    assert recipe("base", train_steps=3).train_steps == 3
+    with pytest.raises(ValueError, match="unknown recipe 'tiny'; choose one of teacher, base, answer_only"):
+        recipe("tiny")

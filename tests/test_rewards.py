@@ -258,6 +258,42 @@ def test_trl_reward_funcs_add_up_to_make_reward():
     assert separate == pytest.approx(make_reward(config)(completions, answer=answers))
 
 
+def test_trl_reward_funcs_cover_brevity_and_the_random_coin():
+    config = RewardConfig(
+        correctness_weight=2.0, brevity_weight=1.5, random_weight=0.5, max_length=40, length_buffer=20
+    )
+    completions = [GOOD, "#### 14", "#### 13", "x" * 35]
+    answers = ["14"] * 4
+    funcs, weights = trl_reward_funcs(config)
+    assert [f.__name__ for f in funcs] == ["correctness_reward", "brevity_reward", "random_reward"]
+    separate = [
+        sum(w * f(completions, answer=answers)[i] for f, w in zip(funcs, weights)) for i in range(len(completions))
+    ]
+    assert separate == pytest.approx(make_reward(config)(completions, answer=answers))
+
+
+def test_brevity_pays_short_answers_and_only_correct_ones_unless_told_otherwise():
+    short, long = "#### 14", "a" * 39 + "\n#### 14"
+    gated = RewardConfig(correctness_weight=0.0, brevity_weight=1.0, max_length=40, length_buffer=20)
+    assert reward_breakdown(short, "14", gated)["brevity"] == 1.0  # within max_length - buffer
+    assert reward_breakdown(long, "14", gated)["brevity"] == 0.0  # past max_length: nothing
+    assert reward_breakdown("x" * 30, "14", gated, length=30)["brevity"] == 0.0  # wrong: not paid
+    assert reward_breakdown("#### 14", "14", gated, length=30)["brevity"] == pytest.approx(0.5)  # half-way down
+    ungated = RewardConfig(correctness_weight=0.0, brevity_weight=2.0, format_needs_correct=False)
+    assert reward_breakdown("#### 13", "14", ungated)["total"] == 2.0  # paid to a wrong answer
+
+
+def test_the_random_coin_ignores_the_answer_and_is_fair():
+    config = RewardConfig(correctness_weight=0.0, random_weight=1.0, random_seed=3)
+    texts = [f"#### {i}" for i in range(2000)]
+    paid = [reward_breakdown(t, "7", config)["total"] for t in texts]
+    assert set(paid) == {0.0, 1.0} and 0.45 < sum(paid) / len(paid) < 0.55
+    assert paid == [reward_breakdown(t, "7", config)["total"] for t in texts]  # same text, same seed, same coin
+    assert [reward_breakdown(t, "0", config)["total"] for t in texts] == paid  # the gold answer plays no part
+    other_seed = RewardConfig(correctness_weight=0.0, random_weight=1.0, random_seed=4)
+    assert [reward_breakdown(t, "7", other_seed)["total"] for t in texts] != paid
+
+
 def test_a_missing_answer_column_is_a_clear_error():
     with pytest.raises(TypeError, match="'answer' column"):
         correctness_reward(["#### 3"])

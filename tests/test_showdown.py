@@ -21,7 +21,7 @@ FAST_METRICS = {"per_sample_accuracy", "pass@4", "maj@4", "consistency@4"}
 
 def test_pocket_plan_matches_the_generation_budget_of_every_arm():
     plan = plan_for(get_profile("pocket", fast=False))
-    assert (plan.questions, plan.k, plan.n_eval) == (128, 8, 200)
+    assert (plan.questions, plan.k, plan.n_eval) == (128, 8, 500)
     rs, orpo, grpo = plan.rs, plan.orpo, plan.grpo
     budgets = {
         rs.rounds * rs.questions_per_round * rs.k,

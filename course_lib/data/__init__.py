@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from course_lib.config import Profile
-from course_lib.data import facts, pocket_math
+from course_lib.data import facts, pocket_math, sorting
 from course_lib.data.gsm8k import (
     GSM8KFormatError,
     gsm8k_stats,
@@ -23,6 +23,7 @@ from course_lib.data.gsm8k import (
 __all__ = [
     "facts",
     "pocket_math",
+    "sorting",
     "GSM8KFormatError",
     "gsm8k_stats",
     "load_gsm8k",

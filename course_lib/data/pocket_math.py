@@ -315,3 +315,17 @@ def pocket_test_set(n: int = 200, seed: int = 1234, min_steps: int = 1, max_step
     Same distribution of steps as the pocket model's pretraining (1-5), disjoint questions.
     """
     return generate(n, "test", seed=seed, min_steps=min_steps, max_steps=max_steps)
+
+
+#: The ways the pretraining corpus writes a solution (see :mod:`course_lib.behaviours`).
+SOLUTION_BEHAVIOURS = ("answer_only", "step_by_step")
+
+
+def written_as(problem: dict, behaviour: str) -> str:
+    """``problem``'s solution in one behaviour: its reference lines (``step_by_step``), or the final
+    ``#### N`` line alone (``answer_only``)."""
+    if behaviour == "step_by_step":
+        return problem["solution"]
+    if behaviour == "answer_only":
+        return f"#### {problem['answer']}"
+    raise ValueError(f"unknown behaviour {behaviour!r}; choose one of {', '.join(SOLUTION_BEHAVIOURS)}")

@@ -1,10 +1,25 @@
-"""Train the pocket model from scratch: ``python -m course_lib.pocket.pretrain``.
+"""Train the pocket models: ``python -m course_lib.pocket.pretrain --recipe {base,teacher,answer_only}``.
 
 The pocket model is a real ``transformers`` Llama (RMSNorm, RoPE, SwiGLU, tied
 embeddings), just tiny, trained on a stream of fresh pocket-math problems plus the
-facts of the synthetic world (``data/facts.py``), all in the chat format that the
-post-training lessons use. Choices, and the measurements behind them (2 CPU cores,
-torch 2.13):
+facts of the synthetic world (``data/facts.py``) and, for the base, lists to sort
+(``data/sorting.py``), all in the chat format that the post-training lessons use.
+Two stages, each a recipe of :data:`RECIPES`:
+
+1. **Pretraining** (the teacher, ``data/pocket_teacher``): from scratch, every solution
+   written step by step; 4,000 steps, 45 minutes, 100 % greedy accuracy on held-out
+   problems. The teacher of lesson 07's distillation.
+2. **Mid-training** (the base, ``data/pocket_model``): the teacher trained on for 450 more
+   steps (about 7 minutes) on a *mixture* of two ways of writing the same solutions, never
+   announced in the prompt (:mod:`course_lib.behaviours`): 40 % step by step, 60 % the
+   answer line alone. The answer alone asks for every step of the arithmetic in one go and
+   is almost always wrong; step by step is almost always right. The base therefore holds a
+   reliable behaviour as a minority, chosen at its first token, the same on every problem:
+   the situation in which RL post-training gives large, fast gains by *choosing* (the
+   controlled experiment of Zhao et al., "Echo Chamber", arXiv:2504.07912). Real corpora hold
+   such mixtures too, unannounced; here their shares and accuracies are known.
+
+Choices, and the measurements behind them (2 CPU cores, torch 2.13):
 
 * **Tokenizer**: byte-level BPE with 512 entries and digits split one per token:
   142 tokens per pocket problem against 341 characters, so 2.4x more problems per
@@ -12,21 +27,14 @@ torch 2.13):
 * **Size**: hidden 160, 6 layers, 5 heads, MLP 432: 1.94 M parameters, ~5.9 k
   tokens/s. Forward+backward throughput of the sizes tried (batch 32 x 150 tokens):
   1.2 M params 7.5 k tokens/s, 2.8 M 4.3 k, 4.9 M 3.2 k. The middle keeps enough
-  depth for multi-step arithmetic and still sees ~40 k problems in 13 minutes.
+  depth for multi-step arithmetic.
 * **Answer-only loss**: the loss counts only the assistant's tokens, so all the
   capacity goes into solving, none into modelling the question's wording.
-* **Curriculum**: the maximum number of steps per problem rises from 2 to 5 over the
-  first fifth of training, so the model learns one-step arithmetic and copying numbers
-  before long chains.
-* **Length bucketing**: batches are cut from length-sorted pools so little compute
-  is spent on padding.
-* **Budget = calibration**: the same recipe is a strong solver if trained long
-  (4,000 steps, 45 minutes: 100% greedy accuracy on held-out problems; shipped as
-  ``data/pocket_teacher``, the teacher for distillation) and a base with room to
-  improve if stopped early. The shipped base model (``data/pocket_model``) is the
-  default 1,300-step run: like seed 000's Llama 3.2 1B on GSM8K it often has *a*
-  right answer among 8 samples but rarely a reliable one (numbers in the README and
-  in ``pretrain_log.json``).
+* **Curriculum** (pretraining): the maximum number of steps per problem rises from 2 to 5
+  over the first fifth of training, so the model learns one-step arithmetic and copying
+  numbers before long chains.
+* **Length bucketing** (pretraining only): batches cut from length-sorted pools pad less;
+  with a mixture it biases the behaviour shares (see ``PretrainConfig.length_buckets``).
 
 The run is reproducible: the same config and seed give the same weights on the same
 machine and torch build.
@@ -48,9 +56,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from course_lib.behaviours import result_table
 from course_lib.data import facts as facts_data
-from course_lib.data import pocket_math
+from course_lib.data import pocket_math, sorting
 from course_lib.evaluation import evaluate
+from course_lib.models import REPO_ROOT, load_pocket_model
 from course_lib.pocket.tokenizer import train_tokenizer
 from course_lib.prompts import format_prompt
 
@@ -70,6 +80,16 @@ class PretrainConfig:
     curriculum_fraction: float = 0.2  # share of training over which max_steps ramps up
     max_value: int = 200
     fact_fraction: float = 0.1  # share of examples that are facts of the small world
+    sorting_fraction: float = 0.0  # share of examples that sort a few numbers (the third skill)
+    # the behaviours (course_lib.behaviours): the share of maths solutions written step by step,
+    # the rest as the answer line alone; the prompt never says which
+    step_by_step_share: float = 1.0
+    # Batches of similar length pad less, but with a mixture of behaviours they sort the short
+    # behaviour into batches of its own, and the loss's mean over a batch's tokens then weighs each
+    # of its first tokens (the choice of behaviour) several times more: measured, a corpus with
+    # 35 % step by step gave a model that wrote 12 % step by step (34 % without buckets). So a
+    # mixture is batched in stream order.
+    length_buckets: bool = False
     # optimisation
     train_steps: int = 1300
     batch_size: int = 32
@@ -82,7 +102,10 @@ class PretrainConfig:
     threads: int = 2
     eval_every: int = 500  # 0 disables the greedy accuracy check during training
     save_every: int = 500  # 0: save only at the end
+    snapshots: bool = False  # also keep every save in <out_dir>/step-N (to choose a length by measurement)
     out_dir: str = "data/pocket_model"
+    # mid-training: continue from this checkpoint (its weights and tokenizer) instead of a fresh model
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         """Reject configs that cannot train, with a message that says what to change."""
@@ -93,8 +116,15 @@ class PretrainConfig:
             problems.append("hidden_size / num_heads must be even (rotary embeddings rotate pairs)")
         if not 1 <= self.min_steps <= self.max_steps:
             problems.append(f"need 1 <= min_steps <= max_steps, got {self.min_steps}, {self.max_steps}")
-        if not 0 <= self.fact_fraction < 1:
-            problems.append(f"fact_fraction must be in [0, 1), got {self.fact_fraction}")
+        if not (
+            0 <= self.fact_fraction and 0 <= self.sorting_fraction and self.fact_fraction + self.sorting_fraction < 1
+        ):
+            problems.append(
+                f"fact_fraction ({self.fact_fraction}) and sorting_fraction ({self.sorting_fraction}) must "
+                "be >= 0 and leave room for maths (sum below 1)"
+            )
+        if not 0 <= self.step_by_step_share <= 1:
+            problems.append(f"step_by_step_share must be in [0, 1], got {self.step_by_step_share}")
         if self.train_steps < 0 or self.batch_size < 1 or self.lr <= 0:
             problems.append("train_steps must be >= 0, batch_size >= 1 and lr > 0")
         if problems:
@@ -129,17 +159,30 @@ def build_tokenizer(cfg: PretrainConfig):
 
 
 def example_stream(cfg: PretrainConfig, step_fn: Callable[[], int]) -> Iterator[dict]:
-    """Endless mix of pocket-math problems and facts; ``step_fn()`` gives the current max steps."""
+    """Endless mix of pocket-math problems, facts and sorting lists.
+
+    ``step_fn()`` gives the current maximum number of steps. Each problem's behaviour is drawn
+    independently of the problem (``cfg.step_by_step_share``), and nothing in the prompt says which.
+    """
+    share = cfg.step_by_step_share
     rng = random.Random(f"pretrain/{cfg.seed}")
     fact_examples = facts_data.training_examples(facts_data.build_knowledge_base())
+    sorting_examples = sorting.iter_examples("train", cfg.seed)
     math_rng = random.Random(f"pretrain-math/{cfg.seed}")
     while True:
-        if rng.random() < cfg.fact_fraction:
+        kind = rng.random()
+        if kind < cfg.fact_fraction:
             yield rng.choice(fact_examples)
             continue
+        if kind < cfg.fact_fraction + cfg.sorting_fraction:
+            yield next(sorting_examples)
+            continue
         problem = pocket_math.make_problem(math_rng, math_rng.randint(cfg.min_steps, step_fn()), cfg.max_value)
-        if pocket_math.split_of(problem["question"]) == "train":  # never train on test questions
-            yield problem
+        if pocket_math.split_of(problem["question"]) != "train":  # never train on test questions
+            continue
+        # a corpus of one behaviour draws nothing (the teacher's stream predates the mixture)
+        behaviour = "step_by_step" if share >= 1 or rng.random() < share else "answer_only"
+        yield {**problem, "solution": pocket_math.written_as(problem, behaviour), "behaviour": behaviour}
 
 
 def encode(tokenizer, example: dict) -> tuple[list[int], list[int]]:
@@ -150,12 +193,14 @@ def encode(tokenizer, example: dict) -> tuple[list[int], list[int]]:
 
 
 def batches(cfg: PretrainConfig, tokenizer, step_fn: Callable[[], int], pool_batches: int = 16):
-    """Yield (input_ids, labels, attention_mask) batches cut from length-sorted pools."""
+    """Yield (input_ids, labels, attention_mask) batches, cut from length-sorted pools when
+    ``cfg.length_buckets`` (less padding), else in the stream's order."""
     stream = example_stream(cfg, step_fn)
     rng = random.Random(f"batches/{cfg.seed}")
     while True:
         pool = [encode(tokenizer, next(stream)) for _ in range(cfg.batch_size * pool_batches)]
-        pool.sort(key=lambda pair: len(pair[0]))
+        if cfg.length_buckets:
+            pool.sort(key=lambda pair: len(pair[0]))
         chunks = [pool[i : i + cfg.batch_size] for i in range(0, len(pool), cfg.batch_size)]
         rng.shuffle(chunks)
         for chunk in chunks:
@@ -190,10 +235,39 @@ def greedy_accuracy(model, tokenizer, problems: list[dict]) -> float:
     return result.value("per_sample_accuracy")
 
 
+def behaviour_probe(model, tokenizer, problems: list[dict], k: int = 4) -> dict[str, float]:
+    """k samples per problem at temperature 1: per-sample accuracy, the share of step-by-step
+    completions, and the accuracy inside each behaviour (what the calibration of the base reads)."""
+    result = evaluate(
+        model, tokenizer, problems, k=k, temperature=1.0, max_new_tokens=200, batch_size=256, progress=False
+    )
+    table = result_table(result)
+    return {
+        "accuracy": result.value("per_sample_accuracy"),
+        "step_by_step_share": float(table.loc["step_by_step", "share"]),
+        "step_by_step_accuracy": float(table.loc["step_by_step", "accuracy"]),
+        "answer_only_accuracy": float(table.loc["answer_only", "accuracy"]),
+    }
+
+
+def starting_point(cfg: PretrainConfig) -> tuple[LlamaForCausalLM, object]:
+    """A fresh model and tokenizer (pretraining), or the checkpoint ``cfg.init_from`` (mid-training).
+
+    A relative ``init_from`` is read from the repository (``data/pocket_teacher``), wherever Python runs.
+    """
+    if not cfg.init_from:
+        tokenizer = build_tokenizer(cfg)
+        return LlamaForCausalLM(model_config(cfg, tokenizer)), tokenizer
+    path = Path(cfg.init_from)
+    model, tokenizer = load_pocket_model(path if path.is_absolute() else REPO_ROOT / path)
+    return model, tokenizer
+
+
 def pretrain(
     cfg: PretrainConfig, out_dir: str | Path | None = None, progress: bool = True, on_log=None
 ) -> tuple[LlamaForCausalLM, object, list[dict]]:
-    """Train tokenizer and model from scratch; returns (model, tokenizer, log rows).
+    """Train a model from scratch (tokenizer included), or on from ``cfg.init_from`` (mid-training);
+    returns (model, tokenizer, log rows).
 
     Saves to ``out_dir`` (default ``cfg.out_dir``) unless it is ``""``. ``on_log(row)``
     is called at every logged step (the lesson uses it to draw the loss curve live).
@@ -203,8 +277,7 @@ def pretrain(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_dir = cfg.out_dir if out_dir is None else out_dir
-    tokenizer = build_tokenizer(cfg)
-    model = LlamaForCausalLM(model_config(cfg, tokenizer))
+    model, tokenizer = starting_point(cfg)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -243,6 +316,7 @@ def pretrain(
         }
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.train_steps):
             row["greedy_acc"] = greedy_accuracy(model, tokenizer, eval_problems)
+            row.update(behaviour_probe(model, tokenizer, eval_problems))
             model.train()
         if (step + 1) % 10 == 0 or "greedy_acc" in row:
             log.append(row)
@@ -252,6 +326,8 @@ def pretrain(
         bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
         if out_dir and cfg.save_every and (step + 1) % cfg.save_every == 0:
             save(model, tokenizer, cfg, log, out_dir)
+            if cfg.snapshots:
+                save(model, tokenizer, cfg, log, Path(out_dir) / f"step-{step + 1}")
     bar.close()
     if out_dir:
         save(model, tokenizer, cfg, log, out_dir)
@@ -267,13 +343,68 @@ def save(model, tokenizer, cfg: PretrainConfig, log: list[dict], out_dir: str | 
     (out / "pretrain_log.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "log": log}, indent=1))
 
 
+#: The shipped checkpoints as recipes: ``python -m course_lib.pocket.pretrain --recipe NAME``.
+RECIPES: dict[str, PretrainConfig] = {
+    # The teacher (data/pocket_teacher): pretrained from scratch, every solution step by step;
+    # 4,000 steps, 45 minutes on 2 cores (its stream is the one it was first trained on).
+    "teacher": PretrainConfig(train_steps=4000, length_buckets=True, out_dir="data/pocket_teacher"),
+    # The base (data/pocket_model): the teacher mid-trained for 450 steps (about 7 minutes) on the
+    # mixture: 40 % of maths solutions step by step, 60 % the answer line alone, facts and sorting
+    # kept in. Chosen by measurement (pocket test set, 100 problems x 8 samples at T = 1; share and
+    # accuracy of the step-by-step completions, per-sample accuracy):
+    #   35 % in the corpus, lr 1e-3, 300 steps, length buckets ... 12 % / 83 % / 11 % (buckets: see above)
+    #   40 %, lr 1e-3, 300 steps, sorting 5 % ..................... 34 % / 85 % / 29 %
+    #   40 %, lr 5e-4, 300 steps, sorting 5 % ..................... 36 % / 89 % / 33 %  (sorting 11 % right)
+    #   35 %, lr 5e-4, 450 steps, sorting 15 % .................... 28 % / 91 % / 26 %  (sorting 45 %)
+    #   40 %, lr 5e-4, 450 steps, sorting 15 % .................... 32 % / 92 % / 30 %  (sorting 51 %) <- the base
+    # The model ends with fewer step-by-step completions than its corpus holds, and the share moves
+    # by several points from one evaluation to the next during training: the last batches' mix sets it.
+    "base": PretrainConfig(
+        seed=1,
+        init_from="data/pocket_teacher",
+        train_steps=450,
+        lr=5e-4,
+        warmup_steps=30,
+        curriculum_fraction=0.0,
+        step_by_step_share=0.4,
+        sorting_fraction=0.15,
+        eval_every=150,
+        save_every=0,
+        out_dir="data/pocket_model",
+    ),
+}
+# The control of lesson 05: the base's recipe with no step-by-step solution in the corpus (the same
+# problems, facts and sorting lists in the same order; each solution the answer line alone).
+RECIPES["answer_only"] = dataclasses.replace(RECIPES["base"], step_by_step_share=0.0, out_dir="data/pocket_answer_only")
+
+
+def recipe(name: str, **overrides) -> PretrainConfig:
+    """The config of a shipped checkpoint (:data:`RECIPES`), with ``overrides`` (e.g. ``train_steps=10``)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return dataclasses.replace(RECIPES[name], **overrides)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the pocket model from scratch.")
+    parser = argparse.ArgumentParser(
+        description="Train a pocket model: a shipped checkpoint's recipe (--recipe), any field overridden."
+    )  # e.g. --recipe base --out-dir /tmp/base  (the shipped base, written elsewhere)
+    parser.add_argument("--recipe", default="base", choices=list(RECIPES), help="which checkpoint to rebuild")
     for field in dataclasses.fields(PretrainConfig):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
-    cfg = PretrainConfig(**vars(parser.parse_args(argv)))
+        kind = _yes_no if isinstance(field.default, bool) else type(field.default)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=None)
+    args = vars(parser.parse_args(argv))
+    name = args.pop("recipe")
+    cfg = recipe(name, **{k: v for k, v in args.items() if v is not None})
     _, _, log = pretrain(cfg)
     print(json.dumps(log[-1]))
+
+
+def _yes_no(text: str) -> bool:
+    """``--snapshots true`` / ``false`` (``bool("false")`` would be True)."""
+    if text.strip().lower() not in ("1", "0", "true", "false", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.strip().lower() in ("1", "true", "yes")
 
 
 if __name__ == "__main__":

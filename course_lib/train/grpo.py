@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from course_lib import behaviours
 from course_lib.advantages import group_advantages
 from course_lib.losses import LOSS_TYPES, completion_logits, grpo_loss, samples_inputs, token_entropy, token_logprobs
 from course_lib.prompts import format_prompt
@@ -170,7 +171,8 @@ class GRPOLoop:
         return row
 
     def _log_row(self, rewards, scored, adv, samples, keep, update: dict, seconds: float) -> dict:
-        """The step's metrics: rewards, accuracy, advantages, zero-variance share, lengths, the update."""
+        """The step's metrics: rewards, accuracy, advantages, zero-variance share, lengths, the share of
+        each behaviour among the samples (:mod:`course_lib.behaviours`), the update."""
         return {
             "step": self.step,
             "reward": rewards.mean().item(),
@@ -180,6 +182,7 @@ class GRPOLoop:
             "advantage_std": adv.advantages.std().item(),
             "frac_zero_std": adv.zero_variance.float().mean().item(),
             "completion_length": samples.lengths.float().mean().item(),
+            **{f"share_{name}": share for name, share in behaviours.shares(samples.texts).items()},
             "rows_trained": int(keep.sum()),
             **update,
             "seconds": seconds,

@@ -24,6 +24,7 @@ from pathlib import Path
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
+from course_lib.behaviours import behaviour_reward
 from course_lib.config import Profile
 from course_lib.models import policy_backend, vllm_available
 from course_lib.prompts import format_prompt
@@ -122,11 +123,13 @@ def grpo_trainer(
     **overrides,
 ) -> GRPOTrainer:
     """A ready ``trl.GRPOTrainer``: our rewards (one function per term, weighted as in
-    ``settings.reward``), our prompts, the profile's devices. ``lora``: a ``LoraConfig`` for
+    ``settings.reward``), our prompts, the profile's devices; plus the step-by-step share of the
+    completions as a reward of weight 0, which TRL logs and nothing trains on. ``lora``: a ``LoraConfig`` for
     TRL to wrap the model with (leave None if the model already carries adapters).
     ``course_sampler``: rollouts by :func:`course_rollouts` instead of ``model.generate`` (not
     with vLLM). No dict per step is printed (:func:`~course_lib.train.trainers.drop_printer`)."""
     funcs, weights = trl_reward_funcs(settings.reward)
+    funcs, weights = funcs + [behaviour_reward("step_by_step")], weights + [0.0]  # logged, weight 0: no effect
     args = grpo_config(profile, output_dir, settings, reward_weights=weights, **overrides)
     with warnings.catch_warnings():  # "rollout_func is experimental": said once, in lesson 06's prose
         warnings.filterwarnings("ignore", message="You are using 'rollout_func'")

@@ -12,6 +12,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch.nn.functional as F
+
 from course_lib.config import Profile
 from course_lib.train.trainers import build, epoch_args
 
@@ -34,7 +36,23 @@ class ORPOSettings:
     max_new_tokens: int = 160
     temperature: float = 1.0
     sample_batch_size: int = 64
+    nll_on_prompt: bool = True  # TRL's NLL term covers prompt + chosen; False: the chosen completion only
     seed: int = 0
+
+
+class CompletionNLLORPOTrainer(ORPOTrainer):
+    """TRL's ``ORPOTrainer`` with its NLL term over the chosen *completion* only, as the ORPO paper
+    writes L_SFT. TRL, like the authors' code, averages it over the prompt too (trl#1516); on a
+    model that was never trained on prompts (the pocket model's loss skipped them) those tokens
+    dominate the term. Everything else is TRL's."""
+
+    def concatenated_forward(self, model, batch):
+        out = list(super().concatenated_forward(model, batch))
+        chosen_logits = out[2]  # (B, T - 1, V): position t predicts token t + 1
+        labels = batch["chosen_labels"][:, 1:].to(chosen_logits.device)  # (B, T_c - 1), the prompt is -100
+        labels = F.pad(labels, (0, chosen_logits.shape[1] - labels.shape[1]), value=-100)  # (B, T - 1)
+        out[4] = F.cross_entropy(chosen_logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return tuple(out)
 
 
 def orpo_config(
@@ -67,11 +85,13 @@ def orpo_trainer(
     progress: bool = True,
     **overrides,
 ) -> ORPOTrainer:
-    """A ready ``ORPOTrainer`` on ``{"prompt", "chosen", "rejected"}`` rows."""
+    """A ready ``ORPOTrainer`` on ``{"prompt", "chosen", "rejected"}`` rows (:class:`CompletionNLLORPOTrainer`
+    when ``settings.nll_on_prompt`` is False)."""
     if not pairs:
         raise ValueError(
             "no preference pairs: no question had both a correct and a wrong sample. "
             "Sample more questions or more samples per question (k)"
         )
     args = orpo_config(profile, output_dir, settings, progress, **overrides)
-    return build(ORPOTrainer, model, tokenizer, pairs, args, lora, callbacks)
+    trainer_class = ORPOTrainer if settings.nll_on_prompt else CompletionNLLORPOTrainer
+    return build(trainer_class, model, tokenizer, pairs, args, lora, callbacks)

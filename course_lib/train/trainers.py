@@ -127,6 +127,7 @@ TRL_METRIC_NAMES = {
     "loss": "loss",
     "grad_norm": "grad_norm",
     "rewards/format_reward/mean": "format_reward",
+    "rewards/step_by_step/mean": "share_step_by_step",
 }
 # TRL's ORPOTrainer logs -> short names for lesson 08's curves.
 ORPO_METRIC_NAMES = {
@@ -134,6 +135,14 @@ ORPO_METRIC_NAMES = {
     "nll_loss": "nll_loss",
     "log_odds_chosen": "log_odds_ratio",
     "rewards/accuracies": "pair_accuracy",
+    "logps/chosen": "logp_chosen",
+    "logps/rejected": "logp_rejected",
+}
+# TRL's DPOTrainer logs -> short names for lesson 08's curves (a margin is beta times the log-ratio gap).
+DPO_METRIC_NAMES = {
+    "loss": "loss",
+    "rewards/accuracies": "pair_accuracy",
+    "rewards/margins": "margin",
     "logps/chosen": "logp_chosen",
     "logps/rejected": "logp_rejected",
 }
