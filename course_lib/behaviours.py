@@ -91,20 +91,22 @@ def shift_table(results: dict) -> pd.DataFrame:
 def selection_and_skill(before, after) -> dict[str, float]:
     """Split the change in per-sample accuracy (in points) into **selection** and **skill**.
 
-    With share :math:`s_b` and accuracy :math:`a_b` of each behaviour :math:`b`, accuracy is
-    :math:`\\sum_b s_b a_b`, and its change splits exactly into
+    With share :math:`s_b` and accuracy :math:`a_b` of each behaviour :math:`b` (primes: after),
+    accuracy is :math:`\\sum_b s_b a_b`, and its change splits exactly into
 
-    .. math:: \\Delta = \\underbrace{\\sum_b \\Delta s_b\\,\\bar a_b}_{\\text{selection}}
-              + \\underbrace{\\sum_b \\bar s_b\\,\\Delta a_b}_{\\text{skill}},
+    .. math:: \\Delta = \\underbrace{\\sum_b (s'_b - s_b)\\, a_b}_{\\text{selection}}
+              + \\underbrace{\\sum_b s'_b\\, (a'_b - a_b)}_{\\text{skill}}.
 
-    with :math:`\\bar a_b, \\bar s_b` the means of before and after (a behaviour absent on one
-    side counts with its accuracy on the other). Selection: the model chose behaviours that were
-    already more reliable. Skill: it got better inside a behaviour.
+    Selection: what the new mix of behaviours gains at the accuracies each had before. Skill: what
+    better accuracy inside each behaviour adds, weighed by how often the model now uses it (so a
+    behaviour the model abandoned counts for nothing, however its few last samples did). A
+    behaviour absent before counts with its accuracy after.
     """
     b, a = result_table(before), result_table(after)
-    acc_b, acc_a = b["accuracy"].fillna(a["accuracy"]).fillna(0.0), a["accuracy"].fillna(b["accuracy"]).fillna(0.0)
-    selection = float(((a["share"] - b["share"]) * (acc_b + acc_a) / 2).sum())
-    skill = float(((acc_a - acc_b) * (b["share"] + a["share"]) / 2).sum())
+    acc_b = b["accuracy"].fillna(a["accuracy"]).fillna(0.0)
+    acc_a = a["accuracy"].fillna(acc_b)
+    selection = float(((a["share"] - b["share"]) * acc_b).sum())
+    skill = float((a["share"] * (acc_a - acc_b)).sum())
     return {"total": 100 * (selection + skill), "selection": 100 * selection, "skill": 100 * skill}
 
 

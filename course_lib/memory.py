@@ -202,7 +202,7 @@ def total_gb(shape: ModelShape, setup: TrainingSetup) -> float:
 
 def seed_002_ladder(shape: ModelShape = MODELS["Qwen2.5-1.5B"], **common) -> pd.DataFrame:
     """Seed 002's steps for a 1.5B model on one GPU (full, LoRA, + ZeRO-2, + CPU offload) with our
-    estimate of each, next to the figures seed 002 quoted (24, 16, 12 and 8 GB)."""
+    estimate of each, next to the figures Yiqiao Yin's GRPO tutorial quotes (24, 16, 12 and 8 GB)."""
     base = TrainingSetup(lora_rank=None, micro_batch=1, gradient_checkpointing=True, **common)
     steps = {
         "full fine-tuning": (base, 24),
@@ -211,7 +211,7 @@ def seed_002_ladder(shape: ModelShape = MODELS["Qwen2.5-1.5B"], **common) -> pd.
         "LoRA + ZeRO-2 + CPU offload": (replace(base, lora_rank=16, zero_stage=2, offload_optimizer=True), 8),
     }
     rows = {
-        name: {"seed 002 (GB)": quoted, **estimate(shape, setup)["GB"].round(3).to_dict()}
+        name: {"quoted (GB)": quoted, **estimate(shape, setup)["GB"].round(3).to_dict()}
         for name, (setup, quoted) in steps.items()
     }
     return pd.DataFrame(rows).T

@@ -61,7 +61,7 @@ from typing import Any
 
 MAX_CHARS = 50_000  # only the last 50k characters are read: answers live at the end
 MAX_DIGITS = 50  # a longer digit string is not an answer (and keeps arithmetic cheap)
-FORMAT_POINTS = 0.5  # each format component is worth 0.5 (seed 000)
+FORMAT_POINTS = 0.5  # each format component is worth 0.5 (Trelis Research's reward shape)
 FORMAT_COMPONENTS = ("strict_format", "soft_format", "single_answer", "plain_number")
 
 # A number as people write it: optional sign (not glued to a previous word, so the "-3"
@@ -412,7 +412,7 @@ def make_reward(config: RewardConfig = RewardConfig(), name: str = "reward") -> 
 
 
 def make_correctness_reward(scale: float = 1.0) -> Callable[..., list[float]]:
-    """``scale`` for a correct final answer, else 0 (seed 000 used ``scale=2``)."""
+    """``scale`` for a correct final answer, else 0 (Trelis Research used ``scale=2``)."""
     return make_reward(RewardConfig(correctness_weight=scale), name="correctness_reward")
 
 

@@ -104,7 +104,7 @@ def reward_view(text: str, answer: str, config: RewardConfig = RewardConfig()) -
 def reward_explorer(examples: dict[str, tuple[str, str]] | None = None):
     """Pick or type a completion and a gold answer; see the extracted answer and every reward term.
 
-    Toggles: seed 000's weights (correctness 2, format 4 x 0.5) or the course's (correctness
+    Toggles: Trelis Research's weights (correctness 2, format 4 x 0.5) or the course's (correctness
     only), format credit only for correct answers, and re.DOTALL in the format patterns.
     """
     examples = examples or EXAMPLE_COMPLETIONS
@@ -112,7 +112,7 @@ def reward_explorer(examples: dict[str, tuple[str, str]] | None = None):
     text = w.Textarea(layout=w.Layout(width="95%", height="120px"), description="completion")
     gold = w.Text(description="gold answer")
     weights = w.ToggleButtons(
-        options=[("seed 000 (2 + 4 x 0.5)", TRELIS_SHAPED_REWARD), ("correctness only", RewardConfig())],
+        options=[("Trelis-shaped (2 + 4 x 0.5)", TRELIS_SHAPED_REWARD), ("correctness only", RewardConfig())],
         description="weights",
     )
     needs_correct = w.Checkbox(True, description="format credit only for correct answers")

@@ -61,3 +61,6 @@ def test_selection_and_skill_add_up_to_the_change_and_tell_the_two_apart():
     split = selection_and_skill(before, learned)
     assert split["selection"] == pytest.approx(0.0) and split["skill"] == pytest.approx(25.0)
     assert result_table(learned).loc["answer_only", "accuracy"] == pytest.approx(1 / 3)
+    abandoned = result_of(problems, [[right] * 7 + ["#### 27"]] * 4)  # the short one now rare, and right
+    split = selection_and_skill(before, abandoned)
+    assert split["total"] == pytest.approx(75.0) and split["skill"] == pytest.approx(12.5)  # weighed by its new share

@@ -74,7 +74,7 @@ def test_reward_explorer_reacts_to_its_controls():
     assert "<b>+2.000</b>" in out.value  # seed 000: format paid to a wrong answer
     weights.label = "correctness only"
     assert "<b>+0.000</b>" in out.value
-    weights.label = "seed 000 (2 + 4 x 0.5)"
+    weights.label = "Trelis-shaped (2 + 4 x 0.5)"
     pick.value = "good"
     assert "<b>+4.000</b>" in out.value
     dotall.value = False  # two lines of work: both layouts fail

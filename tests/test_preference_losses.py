@@ -150,6 +150,40 @@ def test_orpo_equals_trl_orpo_trainer(tmp_path):
     assert ours_rows == trl_rows
 
 
+def test_the_completion_nll_orpo_trainer_is_the_papers_loss(tmp_path):
+    """``CompletionNLLORPOTrainer`` (``ORPOSettings(nll_on_prompt=False)``) gives ``orpo_loss`` with the
+    NLL over the chosen completion only, gradients included; TRL's own trainer covers the prompt too."""
+    import dataclasses
+
+    from course_lib.config import get_profile
+    from course_lib.train.orpo import CompletionNLLORPOTrainer, ORPOSettings, orpo_trainer
+
+    model, tokenizer = fresh_pocket()
+    rows = preference_rows(tokenizer)
+    settings = ORPOSettings(beta=0.25, batch_size=len(rows), nll_on_prompt=False)
+    profile = dataclasses.replace(get_profile("pocket", fast=False))
+    trainer = orpo_trainer(profile, model, tokenizer, rows, tmp_path, settings, progress=False)
+    assert isinstance(trainer, CompletionNLLORPOTrainer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model.train()
+    theirs = trainer.compute_loss(model, batch)
+    their_grads = torch.autograd.grad(theirs, [p for p in model.parameters() if p.requires_grad])
+
+    def side(name):
+        ids, attn, labels = (batch[f"{name}_{k}"] for k in ("input_ids", "attention_mask", "labels"))
+        return per_token_logprobs(model, ids, attn), (labels[:, 1:] != -100).float(), attn[:, 1:].float()
+
+    chosen, chosen_mask, chosen_attn = side("chosen")
+    rejected, rejected_mask, _ = side("rejected")
+    ours = orpo_loss(chosen, chosen_mask, rejected, rejected_mask, beta=0.25)  # NLL mask: the completion
+    our_grads = torch.autograd.grad(ours.loss, [p for p in model.parameters() if p.requires_grad])
+    assert ours.loss.item() == pytest.approx(theirs.item(), abs=1e-6)
+    for a, b in zip(our_grads, their_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # float noise: the loss sums in another order
+    with_prompt = orpo_loss(chosen, chosen_mask, rejected, rejected_mask, beta=0.25, nll_mask=chosen_attn)
+    assert with_prompt.loss.item() > ours.loss.item() + 0.5  # the prompt's tokens are far from predicted
+
+
 def test_dpo_equals_trl_dpo_trainer(tmp_path):
     """TRL 1.16's ``DPOTrainer`` (sigmoid loss) and ``dpo_loss`` on the same collated batch, with
     a policy moved away from the reference so that the margin is not zero."""
@@ -196,3 +230,19 @@ def test_dpo_equals_trl_dpo_trainer(tmp_path):
     for a, b in zip(our_grads, their_grads, strict=True):
         # fused vs unfused float32 log-softmax: agree to 1e-4 of each gradient's scale
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max()))
+
+
+def test_dpo_trainer_uses_the_adapter_free_model_as_reference_and_trains(tmp_path):
+    from course_lib.config import get_profile
+    from course_lib.models import lora_config
+    from course_lib.train.dpo import DPOSettings, dpo_trainer
+
+    model, tokenizer = fresh_pocket()
+    rows = preference_rows(tokenizer)
+    profile = get_profile("pocket", fast=False)
+    trainer = dpo_trainer(profile, model, tokenizer, rows, tmp_path, DPOSettings(batch_size=3), lora=lora_config())
+    assert trainer.ref_model is None  # the reference is the same model with its adapters off
+    result = trainer.train()
+    assert result.global_step == 1 and math.isfinite(result.training_loss)
+    with pytest.raises(ValueError, match="no preference pairs"):
+        dpo_trainer(profile, model, tokenizer, [], tmp_path, DPOSettings())

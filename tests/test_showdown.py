@@ -243,3 +243,26 @@ def test_one_formatter_writes_every_paired_change(fast_run):
         for metric, change in changes.items():
             assert str(change) in markdown
             assert table.loc[report.arms[arm].label, metric] == str(change)
+
+
+def test_between_arms_gives_every_pair_its_paired_change_and_the_behaviour_shares(fast_run):
+    from course_lib.behaviours import BEHAVIOURS
+    from course_lib.report import between_arms, markdown_report
+
+    report = load_report(fast_run / "showdown-fast.json")
+    table = between_arms(report)
+    labels = [r.label for r in report.arms.values()]
+    assert list(table.index) == labels and list(table.columns) == labels
+    against_base = report.changes["grpo"]["per_sample_accuracy"]
+    assert table.loc["GRPO", "Base"] == str(against_base)  # the same paired change as against the base
+    grpo, sft = (report.arms[a].per_problem["per_sample_accuracy"] for a in ("grpo", "sft_rs"))
+    assert float(table.loc["GRPO", "SFT-RS"].split()[0]) == pytest.approx(
+        100 * sum(g - s for g, s in zip(grpo, sft)) / len(grpo), abs=0.05
+    )
+    assert float(table.loc["GRPO", "SFT-RS"].split()[0]) == pytest.approx(
+        -float(table.loc["SFT-RS", "GRPO"].split()[0])
+    )
+    assert table.loc["GRPO", "GRPO"] == ""
+    assert "## Between arms" in markdown_report(report)
+    for r in report.arms.values():
+        assert set(r.behaviours) == set(BEHAVIOURS) and sum(r.behaviours.values()) == pytest.approx(1.0)

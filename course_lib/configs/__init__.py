@@ -6,7 +6,7 @@ Four DeepSpeed configs ship here, each with a matching ``accelerate`` YAML file:
 name               what is split across the N processes / moved to the CPU         for
 =================  ============================================================  ==========================
 ``zero2``          optimizer states and gradients split N ways                   full fine-tuning, N GPUs
-``zero2_offload``  + optimizer states and the update on the CPU (DeepSpeed's     seed 002: a 1.5B model on
+``zero2_offload``  + optimizer states and the update on the CPU (DeepSpeed's     Yin's tutorial: 1.5B on
                    CPU Adam)                                                     an 8 GB GPU
 ``zero3``          + the weights themselves split N ways (gathered per layer)    a model too big for 1 GPU
 ``zero3_offload``  + weights and optimizer on the CPU                            the last resort: slow
