@@ -50,6 +50,7 @@ class Profile:
     sample_batch_size: int  # completions decoded together in one batch
     torch_threads: int  # CPU threads for torch (0: leave torch's default)
     teacher_model: str | None = None  # a stronger model to distil from (lesson 07)
+    control_model: str | None = None  # the base without its reliable behaviour (lesson 05's control), if one exists
     study_questions: int = 128  # training questions per arm of a study (lesson 09's showdown)
     study_samples: int = 8  # samples per training question in a study (GRPO's group size there)
     study_eval_problems: int = 0  # test problems of a study (0: n_eval_problems)
@@ -73,6 +74,7 @@ PROFILES: dict[str, Profile] = {
         sample_batch_size=256,  # rows decoded together (course_lib.bench sample: 64 -> 256 is 1.5x faster)
         torch_threads=2,
         teacher_model="pocket_teacher",
+        control_model="pocket_answer_only",
         study_questions=128,
         study_eval_problems=500,  # the showdown's paired intervals need more problems than a lesson's table
         facts_probe_size=120,

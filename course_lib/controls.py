@@ -29,7 +29,7 @@ import pandas as pd
 from course_lib.behaviours import result_table
 from course_lib.config import Profile
 from course_lib.evaluation import EvalResult, evaluate, evaluate_profile
-from course_lib.models import POCKET_ANSWER_ONLY_DIR, load_pocket_model
+from course_lib.models import REPO_ROOT, load_pocket_model
 from course_lib.rewards import RewardConfig
 from course_lib.train.grpo import GRPOLoop, GRPOSettings
 
@@ -100,8 +100,11 @@ def temperature_sweep(
     return pd.DataFrame(rows).set_index("temperature")
 
 
-def answer_only_base():
-    """The control base (``data/pocket_answer_only``): the base's mid-training recipe with no
-    step-by-step solution in its corpus (``pretrain.RECIPES["answer_only"]``: the same teacher,
-    steps, data stream and seed, every solution the answer line alone). Returns ``(model, tokenizer)``."""
-    return load_pocket_model(POCKET_ANSWER_ONLY_DIR)
+def answer_only_base(profile: Profile):
+    """The profile's control base, or None where it has none (a real model's corpus is not ours to
+    change). On the pocket track: ``data/pocket_answer_only``, the base's mid-training recipe with no
+    step-by-step solution in its corpus (``pretrain.RECIPES["answer_only"]``: the same teacher, steps,
+    data stream and seed, every solution the answer line alone). Returns ``(model, tokenizer)``."""
+    if profile.control_model is None:
+        return None
+    return load_pocket_model(REPO_ROOT / "data" / profile.control_model)

@@ -19,9 +19,12 @@ own samples). So the outcome flips from step by step (s) to answer only (o) at
 
 .. math:: w^* = \\frac{2 (a_s - a_o) + (F_s - F_o)}{B_o - B_s}.
 
-:func:`behaviour_rewards` measures those terms, :func:`flip_weight` predicts :math:`w^*`, and
-:func:`sweep` trains GRPO at several weights (and once with the shaping paid to correct answers
-only, the course's default) to see where the outcome really flips.
+:func:`behaviour_rewards` measures those terms, :func:`flip_weight` predicts :math:`w^*` (with the
+shaping paid to every answer, or to correct answers only, the course's default, where the
+unreliable behaviour collects it so rarely that the flip moves far out), and :func:`sweep`
+trains GRPO at several weights to see where the outcome really flips. The prediction is for the
+first steps: it ignores the per-group scaling of the advantages and the accuracies changing
+while the model trains.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from course_lib.behaviours import behaviour
 from course_lib.config import Profile
 from course_lib.controls import GRPORun, train_and_evaluate
 from course_lib.evaluation import EvalResult, paired_changes
-from course_lib.rewards import FORMAT_POINTS, RewardConfig, reward_breakdown
+from course_lib.rewards import RewardConfig, reward_breakdown
 from course_lib.train.grpo import GRPOSettings
 
 BREVITY_MAX_TOKENS = 48  # the bonus is 0 from here on
@@ -56,34 +59,48 @@ def shaped_reward(weight: float, gated: bool = False) -> RewardConfig:
 
 
 def behaviour_rewards(result: EvalResult, tokenizer) -> pd.DataFrame:
-    """Per behaviour of an evaluation's completions: ``share``, ``accuracy`` (a), mean ``format``
-    points (F, paid to every answer) and mean ``brevity`` bonus (B), on token counts with the EOS."""
+    """Per behaviour of an evaluation's completions: ``share``, ``accuracy`` (a), the mean ``format``
+    points (F) and ``brevity`` bonus (B) paid to every answer, and the same paid to correct answers
+    only (``format_correct``, ``brevity_correct``: the gated reward's terms), on token counts with the EOS."""
     config = shaped_reward(1.0, gated=False)
     rows = []
     for row, texts in zip(result.per_problem.itertuples(), result.completions):
         for text in texts:
             length = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # + EOS, as the sampler counts
             parts = reward_breakdown(text, row.answer, config, length)
+            right = float(parts["correct"])
             rows.append(
-                {"behaviour": behaviour(text), "accuracy": float(parts["correct"])}
-                | {"format": parts["format"], "brevity": parts["brevity"]}
+                {
+                    "behaviour": behaviour(text),
+                    "accuracy": right,
+                    "format": parts["format"],
+                    "brevity": parts["brevity"],
+                }
+                | {"format_correct": right * parts["format"], "brevity_correct": right * parts["brevity"]}
             )
     frame = pd.DataFrame(rows)
-    table = frame.groupby("behaviour")[["accuracy", "format", "brevity"]].mean()
+    table = frame.groupby("behaviour")[["accuracy", "format", "brevity", "format_correct", "brevity_correct"]].mean()
     table.insert(0, "share", frame["behaviour"].value_counts(normalize=True))
     return table
 
 
-def flip_weight(table: pd.DataFrame, reliable: str = "step_by_step", unreliable: str = "answer_only") -> float:
-    """The brevity weight :math:`w^*` at which the two behaviours' expected rewards are equal."""
+def flip_weight(
+    table: pd.DataFrame, gated: bool = False, reliable: str = "step_by_step", unreliable: str = "answer_only"
+) -> float:
+    """The brevity weight :math:`w^*` at which the two behaviours' expected rewards are equal: with the
+    shaping paid to every answer, or (``gated``) to correct answers only, where a behaviour that is
+    rarely right collects it rarely, and the flip moves far out.
+
+    Raises ``ValueError`` when one of the two behaviours never occurs in ``table`` (there is then
+    nothing to balance: a model that never answers with the line alone has no flip point).
+    """
+    missing = [b for b in (reliable, unreliable) if b not in table.index]
+    if missing:
+        raise ValueError(f"no {' or '.join(missing)} completions in the table: the flip needs both behaviours")
     s, o = table.loc[reliable], table.loc[unreliable]
-    pull = 2 * (s["accuracy"] - o["accuracy"]) + (s["format"] - o["format"])
-    return float(pull / (o["brevity"] - s["brevity"]))
-
-
-def format_points_max() -> float:
-    """What the four format components pay at most (2.0): the scale the brevity weight is read against."""
-    return 4 * FORMAT_POINTS
+    fmt, brevity = ("format_correct", "brevity_correct") if gated else ("format", "brevity")
+    pull = 2 * (s["accuracy"] - o["accuracy"]) + (s[fmt] - o[fmt])
+    return float(pull / (o[brevity] - s[brevity]))
 
 
 def sweep(
@@ -139,6 +156,8 @@ def _sweep_row(name: str, reward: RewardConfig, run: GRPORun, before: EvalResult
         "accuracy, last steps": last["accuracy"].mean(),
         "test accuracy": run.after.value("per_sample_accuracy"),
         "change (points)": change.points,
+        "change_low": change.ci_low,
+        "change_high": change.ci_high,
         "change": str(change),
         "step-by-step share": float(run.history["share_step_by_step"].tail(quarter).mean()),
         "train seconds": run.train_seconds,

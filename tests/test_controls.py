@@ -46,12 +46,16 @@ def test_the_flip_weight_balances_the_two_behaviours_expected_rewards():
         {"share": [0.3, 0.7], "accuracy": [0.9, 0.02], "format": [2.0, 1.0], "brevity": [0.0, 1.0]},
         index=["step_by_step", "answer_only"],
     )
+    table["format_correct"], table["brevity_correct"] = table["accuracy"] * table["format"], table["accuracy"] * 1.0
+    table.loc["step_by_step", "brevity_correct"] = 0.0
     w = flip_weight(table)
     assert w == pytest.approx(2 * 0.88 + 1.0)
     s, o = table.loc["step_by_step"], table.loc["answer_only"]
     assert 2 * s["accuracy"] + s["format"] + w * s["brevity"] == pytest.approx(
         2 * o["accuracy"] + o["format"] + w * o["brevity"]
     )
+    gated = flip_weight(table, gated=True)  # a_s (2 + F_s) = a_o (2 + F_o + w): the short answer is rarely paid
+    assert gated == pytest.approx((0.9 * 4.0 - 0.02 * 3.0) / 0.02) and gated > 50 * w
 
 
 def test_behaviour_rewards_measure_what_each_behaviour_is_paid(pocket):
@@ -60,6 +64,7 @@ def test_behaviour_rewards_measure_what_each_behaviour_is_paid(pocket):
     result = evaluate_profile(model, tokenizer, pocket_math.pocket_test_set(8), profile, progress=False)
     table = behaviour_rewards(result, tokenizer)
     assert table["share"].sum() == pytest.approx(1.0)
+    assert (table["format_correct"] <= table["format"] + 1e-9).all()  # gated pay is never more
     if "answer_only" in table.index:
         assert table.loc["answer_only", "brevity"] == pytest.approx(1.0)  # "#### N" is short
         assert table.loc["answer_only", "format"] == pytest.approx(1.0)  # one marker, a plain number; no reasoning
@@ -88,3 +93,18 @@ def test_sweep_and_train_and_evaluate_end_to_end(_pocket_loaded):
     assert len(run.history) == TINY.steps and run.after.per_problem["question"].tolist() == [
         p["question"] for p in test
     ]
+
+
+def test_only_a_profile_with_a_control_model_gets_the_control_base():
+    from course_lib.controls import answer_only_base
+
+    assert answer_only_base(get_profile("gpu", fast=True)) is None
+    model, tokenizer = answer_only_base(get_profile("pocket", fast=True))
+    assert model.config.hidden_size == 160 and tokenizer.chat_template
+
+
+def test_the_flip_needs_both_behaviours():
+    table = pd.DataFrame({"share": [1.0], "accuracy": [0.9], "format": [2.0], "brevity": [0.0]}, index=["step_by_step"])
+    table["format_correct"] = table["brevity_correct"] = 0.0
+    with pytest.raises(ValueError, match="no answer_only completions"):
+        flip_weight(table)

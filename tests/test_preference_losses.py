@@ -39,6 +39,13 @@ def preference_rows(tokenizer) -> list[dict]:
     return [{"prompt": format_prompt(tokenizer, q), "chosen": c, "rejected": r} for q, c, r in PAIRS]
 
 
+def trl_side(model, batch, name: str):
+    """Per-token log-probs of one side ("chosen" or "rejected") of a batch TRL's ORPOTrainer collated,
+    with its completion mask (the labels that are not -100) and its attention mask, both shifted."""
+    ids, attn, labels = (batch[f"{name}_{k}"] for k in ("input_ids", "attention_mask", "labels"))
+    return per_token_logprobs(model, ids, attn), (labels[:, 1:] != -100).float(), attn[:, 1:].float()
+
+
 # ----------------------------------------------------------------- by hand
 def test_log_odds_is_logit_of_p():
     p = torch.tensor([1e-6, 0.1, 0.5, 0.9, 0.999999])
@@ -120,13 +127,8 @@ def test_orpo_equals_trl_orpo_trainer(tmp_path):
     theirs = trainer.compute_loss(model, batch)
     their_grads = torch.autograd.grad(theirs, [p for p in model.parameters() if p.requires_grad])
 
-    def side(name):
-        ids, attn, labels = (batch[f"{name}_{k}"] for k in ("input_ids", "attention_mask", "labels"))
-        logps = per_token_logprobs(model, ids, attn)
-        return logps, (labels[:, 1:] != -100).float(), attn[:, 1:].float()
-
-    chosen, chosen_mask, chosen_attn = side("chosen")
-    rejected, rejected_mask, _ = side("rejected")
+    chosen, chosen_mask, chosen_attn = trl_side(model, batch, "chosen")
+    rejected, rejected_mask, _ = trl_side(model, batch, "rejected")
     ours = orpo_loss(chosen, chosen_mask, rejected, rejected_mask, beta=0.25, nll_mask=chosen_attn)
     our_grads = torch.autograd.grad(ours.loss, [p for p in model.parameters() if p.requires_grad])
 
@@ -169,12 +171,8 @@ def test_the_completion_nll_orpo_trainer_is_the_papers_loss(tmp_path):
     theirs = trainer.compute_loss(model, batch)
     their_grads = torch.autograd.grad(theirs, [p for p in model.parameters() if p.requires_grad])
 
-    def side(name):
-        ids, attn, labels = (batch[f"{name}_{k}"] for k in ("input_ids", "attention_mask", "labels"))
-        return per_token_logprobs(model, ids, attn), (labels[:, 1:] != -100).float(), attn[:, 1:].float()
-
-    chosen, chosen_mask, chosen_attn = side("chosen")
-    rejected, rejected_mask, _ = side("rejected")
+    chosen, chosen_mask, chosen_attn = trl_side(model, batch, "chosen")
+    rejected, rejected_mask, _ = trl_side(model, batch, "rejected")
     ours = orpo_loss(chosen, chosen_mask, rejected, rejected_mask, beta=0.25)  # NLL mask: the completion
     our_grads = torch.autograd.grad(ours.loss, [p for p in model.parameters() if p.requires_grad])
     assert ours.loss.item() == pytest.approx(theirs.item(), abs=1e-6)

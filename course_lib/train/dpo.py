@@ -18,7 +18,7 @@ from pathlib import Path
 from trl import DPOConfig, DPOTrainer
 
 from course_lib.config import Profile
-from course_lib.train.trainers import build, epoch_args
+from course_lib.train.trainers import build, epoch_args, require_pairs
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,6 @@ def dpo_trainer(
 ) -> DPOTrainer:
     """A ready ``DPOTrainer`` on ``{"prompt", "chosen", "rejected"}`` rows; with ``lora`` the reference
     is the model with its adapters off."""
-    if not pairs:
-        raise ValueError(
-            "no preference pairs: no question had both a correct and a wrong sample. "
-            "Sample more questions or more samples per question (k)"
-        )
+    require_pairs(pairs)
     args = dpo_config(profile, output_dir, settings, progress, **overrides)
     return build(DPOTrainer, model, tokenizer, pairs, args, lora, callbacks)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch.nn.functional as F
 
 from course_lib.config import Profile
-from course_lib.train.trainers import build, epoch_args
+from course_lib.train.trainers import build, epoch_args, require_pairs
 
 with warnings.catch_warnings():  # "trl.experimental is unstable": said once, in lesson 08's prose
     warnings.simplefilter("ignore")
@@ -87,11 +87,7 @@ def orpo_trainer(
 ) -> ORPOTrainer:
     """A ready ``ORPOTrainer`` on ``{"prompt", "chosen", "rejected"}`` rows (:class:`CompletionNLLORPOTrainer`
     when ``settings.nll_on_prompt`` is False)."""
-    if not pairs:
-        raise ValueError(
-            "no preference pairs: no question had both a correct and a wrong sample. "
-            "Sample more questions or more samples per question (k)"
-        )
+    require_pairs(pairs)
     args = orpo_config(profile, output_dir, settings, progress, **overrides)
     trainer_class = ORPOTrainer if settings.nll_on_prompt else CompletionNLLORPOTrainer
     return build(trainer_class, model, tokenizer, pairs, args, lora, callbacks)

@@ -61,6 +61,15 @@ def epoch_args(profile: Profile, output_dir: str | Path, settings: EpochSettings
     )
 
 
+def require_pairs(pairs: list[dict]) -> None:
+    """The error ORPO and DPO give when they have no ``{"prompt", "chosen", "rejected"}`` row to learn from."""
+    if not pairs:
+        raise ValueError(
+            "no preference pairs: no question had both a correct and a wrong sample. "
+            "Sample more questions or more samples per question (k)"
+        )
+
+
 def build(trainer_class, model, tokenizer, rows: list[dict], args, lora, callbacks):
     """``trainer_class`` on ``rows`` (a list of dicts made into a ``datasets.Dataset``), tokenized
     without progress bars and without the per-step printer."""
