@@ -1,6 +1,6 @@
 """Which way of solving did a completion take? The pocket world's solution behaviours.
 
-The pocket model's pretraining corpus answers the same kind of question in two ways, chosen at
+The pocket base's mid-training corpus answers the same kind of question in two ways, chosen at
 random and never announced in the prompt (``course_lib.pocket.pretrain``):
 
 * ``answer_only``: the final line alone, ``#### 47``. Short, and unreliable: the model must do
@@ -14,6 +14,10 @@ world is that situation made exact, so that it can be measured: :func:`behaviour
 behaviour of any completion, :func:`behaviour_table` gives each behaviour's share and its
 accuracy, and :func:`selection_and_skill` splits a change in accuracy into the part that comes
 from choosing another behaviour and the part that comes from getting better inside one.
+
+The names are the pocket world's. On a real model's GSM8K completions they still apply (a
+bare ``#### N`` is ``answer_only``, worked lines with arithmetic are ``step_by_step``), but
+answers in ``\\boxed{}`` or prose without the marker are all ``other``: there the split says little.
 """
 
 from __future__ import annotations

@@ -37,6 +37,14 @@ def _installed(name: str) -> str | None:
         return None
 
 
+MIN_PYTHON = (3, 11)  # numpy 2.4, pandas 3.1, trl 1.16 and ipykernel 7.4 need it
+
+
+def python_supported(version: tuple[int, int]) -> bool:
+    """Whether a ``(major, minor)`` Python runs the pinned set: compared as numbers (as strings, "3.9" > "3.10")."""
+    return tuple(version) >= MIN_PYTHON
+
+
 def _row(component: str, ok: bool | None, detail: str) -> dict:
     status = {True: "ok", False: "MISSING", None: "optional"}[ok]
     return {"component": component, "status": status, "detail": detail}
@@ -49,7 +57,10 @@ def check_environment(requirements: Path = _REQUIREMENTS_FILE):
     is reported, not failed: the GPU track pins a different trl), torch's threads
     and accelerator, the pocket checkpoint, and where GSM8K will come from.
     """
-    rows = [_row("python", platform.python_version_tuple() >= ("3", "10"), platform.python_version())]
+    python_ok = python_supported(tuple(int(part) for part in platform.python_version_tuple()[:2]))
+    rows = [
+        _row("python", python_ok, platform.python_version() + ("" if python_ok else "; the pins need 3.11 or newer"))
+    ]
     for name, wanted in pinned_requirements(requirements).items():
         have = _installed(name)
         if have is None:

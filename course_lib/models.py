@@ -7,6 +7,7 @@ everywhere else.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import os
@@ -110,7 +111,7 @@ def with_lora(model, lora: LoraConfig, seed: int = 0):
     """``model`` wrapped with PEFT LoRA adapters (``B = 0``: the wrapped model computes what the model
     did), their random ``A`` drawn from ``seed``, as :func:`load_policy` does."""
     torch.manual_seed(seed)
-    return get_peft_model(model, lora)
+    return get_peft_model(model, copy.deepcopy(lora))  # PEFT writes the base model's path into the config it gets
 
 
 def count_parameters(model: torch.nn.Module) -> int:

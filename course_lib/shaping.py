@@ -30,6 +30,7 @@ while the model trains.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import pandas as pd
@@ -91,16 +92,18 @@ def flip_weight(
     shaping paid to every answer, or (``gated``) to correct answers only, where a behaviour that is
     rarely right collects it rarely, and the flip moves far out.
 
-    Raises ``ValueError`` when one of the two behaviours never occurs in ``table`` (there is then
-    nothing to balance: a model that never answers with the line alone has no flip point).
+    ``math.inf`` when the bonus pays the reliable behaviour at least as much per sample (then no
+    weight flips the outcome). Raises ``ValueError`` when one of the two behaviours never occurs in
+    ``table`` (nothing to balance: a model that never answers with the line alone has no flip point).
     """
     missing = [b for b in (reliable, unreliable) if b not in table.index]
     if missing:
         raise ValueError(f"no {' or '.join(missing)} completions in the table: the flip needs both behaviours")
     s, o = table.loc[reliable], table.loc[unreliable]
     fmt, brevity = ("format_correct", "brevity_correct") if gated else ("format", "brevity")
-    pull = 2 * (s["accuracy"] - o["accuracy"]) + (s[fmt] - o[fmt])
-    return float(pull / (o[brevity] - s[brevity]))
+    pull = 2 * (s["accuracy"] - o["accuracy"]) + (s[fmt] - o[fmt])  # towards the reliable behaviour
+    push = o[brevity] - s[brevity]  # per unit of w, towards the unreliable one
+    return float(pull / push) if push > 0 else math.inf  # inf: the bonus never favours the unreliable one
 
 
 def sweep(

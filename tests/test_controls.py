@@ -1,6 +1,7 @@
 """course_lib.controls and course_lib.shaping: the control runs of lesson 05 and the reward sweep of lesson 09."""
 
 import dataclasses
+import math
 
 import pandas as pd
 import pytest
@@ -56,6 +57,8 @@ def test_the_flip_weight_balances_the_two_behaviours_expected_rewards():
     )
     gated = flip_weight(table, gated=True)  # a_s (2 + F_s) = a_o (2 + F_o + w): the short answer is rarely paid
     assert gated == pytest.approx((0.9 * 4.0 - 0.02 * 3.0) / 0.02) and gated > 50 * w
+    table.loc["step_by_step", "brevity_correct"] = 0.05  # short right solutions collect more of it than guesses
+    assert flip_weight(table, gated=True) == math.inf
 
 
 def test_behaviour_rewards_measure_what_each_behaviour_is_paid(pocket):

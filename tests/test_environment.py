@@ -31,3 +31,10 @@ def test_gpu_requirements_respect_unsloth_caps():
     assert int(cpu["datasets"].split(".")[0]) < 5
     shared = set(gpu) & set(cpu) - {"trl"}
     assert all(gpu[n] == cpu[n] for n in shared), "GPU and CPU sets differ only in trl"
+
+
+def test_python_versions_compare_as_numbers():
+    from course_lib.environment import python_supported
+
+    assert python_supported((3, 11)) and python_supported((3, 12)) and python_supported((4, 0))
+    assert not python_supported((3, 10)) and not python_supported((3, 9))  # "3.9" > "3.10" as strings
