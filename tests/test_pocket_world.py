@@ -73,3 +73,20 @@ def test_the_base_keeps_the_skills_forgetting_is_measured_on(pocket, skill):
         assert score["accuracy"] >= 0.7 and score["accuracy"] > 3 * score["chance"]
     else:
         assert sorting_probe(model, tokenizer, sorting.probe_set(100))["accuracy"] >= 0.3
+
+
+def test_data_readmes_figures_come_from_one_command(pocket):
+    """``python -m course_lib.pocket.measure`` writes data/README.md's table: its figures are evaluate()'s."""
+    import pandas as pd
+
+    from course_lib.pocket.measure import checkpoint_figures, markdown
+
+    model, tokenizer = pocket
+    column = checkpoint_figures(model, tokenizer, PROBLEMS[:8], k=2)
+    result = evaluate(model, tokenizer, PROBLEMS[:8], k=2, temperature=1.0, batch_size=256, progress=False)
+    assert column["per_sample_accuracy"] == f"{result.estimate('per_sample_accuracy')}".replace(" [", " % [", 1)
+    share = result_table(result).loc["step_by_step", "share"]
+    assert column["step_by_step: share / accuracy inside (samples)"].startswith(f"{100 * share:.1f} %")
+    assert column["facts probe (120 held-out phrasings)"] == "100 %"
+    text = markdown(pd.DataFrame({"base": column}))
+    assert text.splitlines()[0] == "| | base |" and len(text.splitlines()) == len(column) + 2

@@ -134,6 +134,45 @@ def test_trls_rollouts_can_come_from_our_sampler(tmp_path):
     assert len(lengths) == SETTINGS.steps and all(0 < n <= SETTINGS.max_new_tokens for n in lengths)
 
 
+def test_our_rollouts_follow_the_trainers_sampling_arguments_or_refuse_them(tmp_path):
+    from course_lib.prompts import format_prompt
+    from course_lib.sampling import sample
+    from course_lib.train.grpo_trl import course_rollouts
+
+    profile = get_profile("pocket")
+    model, tokenizer = load_policy(profile, lora=lora_config())
+    problems = train_problems(profile, 4, max_steps=2)
+    trainer = grpo_trainer(
+        profile,
+        model,
+        tokenizer,
+        problems,
+        tmp_path,
+        SETTINGS,
+        course_sampler=True,
+        top_p=0.6,
+        top_k=4,
+        temperature=0.8,
+    )
+    prompts = [format_prompt(tokenizer, p["question"]) for p in problems[:2]]
+    out = course_rollouts(tokenizer, SETTINGS)([p for p in prompts for _ in range(SETTINGS.group_size)], trainer)
+    expected = sample(
+        model,
+        tokenizer,
+        prompts,
+        n=SETTINGS.group_size,
+        temperature=0.8,
+        top_p=0.6,
+        top_k=4,
+        max_new_tokens=SETTINGS.max_new_tokens,
+        seed=SETTINGS.seed * 1_000_003,
+    )
+    assert tokenizer.batch_decode(out["completion_ids"], skip_special_tokens=True) == expected.texts
+    for refused in (dict(repetition_penalty=1.2), dict(generation_kwargs={"no_repeat_ngram_size": 3})):
+        with pytest.raises(ValueError, match="cannot honour"):
+            grpo_trainer(profile, model, tokenizer, problems, tmp_path, SETTINGS, course_sampler=True, **refused)
+
+
 # ----------------------------------------------------------------- SFT and ORPO (lessons 07-08)
 def test_sft_config_trains_on_completions_at_a_constant_rate(tmp_path):
     from course_lib.train.recipes import rs_recipe

@@ -192,12 +192,272 @@ def test_top_p_keeps_the_nucleus_only():
 
 
 def test_draws_follow_the_distribution():
-    from course_lib.sampling import _draw
+    from course_lib.sampling import DrawSettings, draw
+    from course_lib.streams import row_keys, uniforms
 
     probs = torch.tensor([0.6, 0.3, 0.1, 0.0])
     logits = torch.log(probs).expand(20_000, -1).clone()
-    token, logp = _draw(logits, 1.0, 1.0, torch.Generator().manual_seed(0))
+    token, logp = draw(logits, DrawSettings(), uniforms(row_keys(0, ["p"], 20_000), 0))
     freq = torch.bincount(token, minlength=4).float() / len(token)
     torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
     assert (token != 3).all()  # probability 0 is never drawn
     torch.testing.assert_close(logp, torch.log(probs[token]))
+
+
+def test_a_uniform_at_the_very_top_never_draws_a_token_of_probability_zero():
+    from course_lib.sampling import _categorical
+
+    probs = torch.tensor([[0.3, 0.7, 0.0, 0.0]])
+    assert _categorical(probs, torch.tensor([1.0])).tolist() == [1]  # float rounding can put the target at the top
+    assert _categorical(probs, torch.tensor([0.0])).tolist() == [0]
+
+
+# --------------------------------------------------------------------------- the random streams
+
+
+def test_streams_are_uniform_and_independent_across_rows_and_steps():
+    from course_lib.streams import row_keys, uniforms
+
+    keys = row_keys(0, [f"prompt {i}" for i in range(200)], 50)  # 10,000 rows
+    u = torch.stack([uniforms(keys, t) for t in range(8)])  # (8, 10000)
+    assert 0 < u.min() and u.max() < 1
+    counts = torch.histc(u.float(), bins=10, min=0, max=1)
+    torch.testing.assert_close(counts / counts.sum(), torch.full((10,), 0.1), atol=0.005, rtol=0)
+    assert abs(torch.corrcoef(u[:2])[0, 1]) < 0.05  # step t and t + 1
+    assert abs(torch.corrcoef(u[:, 0::2][:, :4999].T.reshape(-1, 2).T)[0, 1]) < 0.05  # neighbouring rows
+    assert not torch.equal(uniforms(row_keys(1, ["prompt 0"], 1), 0), uniforms(row_keys(0, ["prompt 0"], 1), 0))
+
+
+def test_a_repeated_prompt_gets_its_own_streams():
+    from course_lib.streams import row_keys
+
+    keys = row_keys(3, ["a", "b", "a"], 2)  # (6, 2)
+    assert len({tuple(k) for k in keys.tolist()}) == 6
+    assert torch.equal(keys[:2], row_keys(3, ["a"], 2))  # the first copy keeps the keys it has alone
+
+
+def test_a_completion_does_not_depend_on_its_batch(pocket):
+    """Completion j of a prompt is the same whatever the batch size or the other prompts in the call."""
+    model, tok = pocket
+    prompts = _prompts(tok, 6)
+    full = sample(model, tok, prompts, n=4, max_new_tokens=120, batch_size=64, seed=3)
+    small_batches = sample(model, tok, prompts, n=4, max_new_tokens=120, batch_size=4, seed=3)
+    subset = sample(model, tok, [prompts[4], prompts[1]], n=4, max_new_tokens=120, batch_size=8, seed=3)
+    assert small_batches.texts == full.texts
+    assert subset.texts == full.texts[16:20] + full.texts[4:8]
+    torch.testing.assert_close(
+        subset.logprobs[:4, : full.logprobs.shape[1]],
+        full.logprobs[16:20, : subset.logprobs.shape[1]],
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    assert sample(model, tok, prompts, n=4, max_new_tokens=120, seed=4).texts != full.texts
+
+
+def test_dropping_finished_rows_does_not_change_the_completions(pocket, monkeypatch):
+    import course_lib.sampling as sampling
+
+    model, tok = pocket
+    prompts = _prompts(tok, 4)
+    compacted = sample(model, tok, prompts, n=4, max_new_tokens=120, seed=5)
+    monkeypatch.setattr(sampling, "COMPACT_WHEN_DONE", 2.0)  # never: every row stays to the last step
+    kept = sample(model, tok, prompts, n=4, max_new_tokens=120, seed=5)
+    assert len(set(compacted.lengths.tolist())) > 1  # rows did finish at different steps
+    assert kept.texts == compacted.texts
+    torch.testing.assert_close(kept.logprobs, compacted.logprobs, atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- stopping, broken logits
+
+
+def test_every_eos_id_of_the_generation_config_ends_a_row():
+    """A second EOS id in the model's generation config (Qwen2.5-Instruct lists two) ends rows too."""
+    from course_lib.sampling import stop_token_ids
+
+    model, tok = _tiny_causal_lm("llama"), _Ids()
+    model.generation_config.eos_token_id = 1
+    prompts = ["5 17 3 9 22", "40 2"]
+    before = sample(model, tok, prompts, n=8, max_new_tokens=16, seed=0)
+    drawn = torch.cat([row[:-1] for row in before.completion_ids])  # tokens that did not end a row
+    second = int(torch.bincount(drawn[drawn > 1]).argmax())  # a token the rows do emit mid-way
+    model.generation_config.eos_token_id = [1, second]
+    assert stop_token_ids(model, tok) == [1, second]
+    after = sample(model, tok, prompts, n=8, max_new_tokens=16, seed=0)
+    cut = 0
+    for old, new, old_len, new_len in zip(before.completion_ids, after.completion_ids, before.lengths, after.lengths):
+        old, new = old[:old_len].tolist(), new[:new_len].tolist()
+        stop = old.index(second) + 1 if second in old else len(old)
+        assert new == old[:stop]  # the same draws, cut at the first of either EOS
+        cut += stop < len(old)
+    assert cut > 0
+    assert (after.completion_mask.sum(1) == after.lengths).all()
+
+
+def test_stop_ids_put_the_tokenizers_eos_first_and_drop_repeats():
+    from course_lib.sampling import stop_token_ids
+
+    model, tok = _tiny_causal_lm("qwen2"), _Ids()
+    model.generation_config.eos_token_id = [7, 1, 7]
+    assert stop_token_ids(model, tok) == [1, 7]
+    model.generation_config.eos_token_id = None
+    assert stop_token_ids(model, tok) == [1]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_broken_logits_raise_naming_the_step(bad):
+    model, tok = _tiny_causal_lm("llama"), _Ids()
+    with torch.no_grad():
+        model.lm_head.weight[5] = bad
+    with pytest.raises(FloatingPointError, match="decoding step 0"):
+        sample(model, tok, ["5 17 3"], n=2, max_new_tokens=4)
+
+
+def test_training_settings_refuse_temperature_zero():
+    from course_lib.train.expert_iteration import RSSettings
+    from course_lib.train.grpo import GRPOSettings
+
+    with pytest.raises(ValueError, match="temperature > 0"):
+        GRPOSettings(temperature=0)
+    with pytest.raises(ValueError, match="greedy decoding gives one completion"):
+        RSSettings(temperature=0, k=8)
+    assert RSSettings(temperature=0, k=1).k == 1  # one greedy answer per question is a choice, not a mistake
+
+
+# --------------------------------------------------------------------------- temperature, top-k, top-p, min-p
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [dict(temperature=0.7, top_p=0.8), dict(temperature=1.3, top_k=3), dict(temperature=1.0, min_p=0.2)],
+)
+def test_sampled_tokens_follow_the_warped_distribution(rule):
+    """20,000 first tokens through sample() against transformers' own warpers on the model's logits."""
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    model, tok = _tiny_causal_lm("llama", vocab=12), _Ids()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)  # a peaked distribution, so each filter removes tokens
+    prompt = "5 3 9"
+    out = sample(model, tok, [prompt], n=20_000, max_new_tokens=1, batch_size=20_000, seed=0, **rule)
+    with torch.no_grad():
+        logits = model(**tok([prompt])).logits[:, -1]  # (1, V)
+    warped = TemperatureLogitsWarper(rule["temperature"])(None, logits)
+    if "top_k" in rule:
+        warped = TopKLogitsWarper(rule["top_k"])(None, warped)
+    if "top_p" in rule:
+        warped = TopPLogitsWarper(rule["top_p"])(None, warped)
+    if "min_p" in rule:
+        warped = MinPLogitsWarper(rule["min_p"])(None, warped)
+    expected = warped.softmax(-1)[0]
+    assert 1 < int((expected > 0).sum()) < 12  # the filter kept some tokens and removed others
+    freq = torch.bincount(out.completion_ids[:, 0], minlength=12).float() / 20_000
+    torch.testing.assert_close(freq, expected, atol=0.015, rtol=0)
+    assert (freq[expected == 0] == 0).all()
+    full = torch.log_softmax(logits / rule["temperature"], -1)[0]  # log-probs are of the untruncated softmax
+    torch.testing.assert_close(out.logprobs[:, 0], full[out.completion_ids[:, 0]], atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- attention, adapters, Unsloth
+
+
+def test_grouped_query_attention_far_from_uniform_with_biases(monkeypatch):
+    """Qwen2's layout with sharp attention and non-zero q/k/v biases: the shared-prefix step gives a
+    forward pass's log-probs and draws what the model's own forward draws."""
+    import course_lib.sampling as sampling
+
+    model = _tiny_causal_lm("qwen2", attn_implementation="eager")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attn = layer.self_attn
+            attn.q_proj.weight.mul_(30), attn.k_proj.weight.mul_(30)
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+                proj.bias.copy_(torch.randn_like(proj.bias))
+    tok, prompts = _Ids(), ["5 17 3 9 22 30 31 32", "40 2", "7 7 7 8 9 10 11"]
+    with torch.no_grad():
+        weights = model(**tok(prompts), output_attentions=True).attentions  # per layer (P, H, L, L)
+    assert max(float(w.max(-1).values.mean()) for w in weights) > 0.6  # the random init gives 0.32 (near uniform)
+    out = sample(model, tok, prompts, n=3, temperature=1.0, max_new_tokens=12, seed=0)
+    enc = tok([prompts[i] for i in out.prompt_index])
+    with torch.no_grad():
+        recomputed = completion_logprobs(
+            model, enc["input_ids"], enc["attention_mask"], out.completion_ids, out.completion_mask
+        )
+    torch.testing.assert_close(recomputed, out.logprobs, atol=1e-4, rtol=1e-4)
+    monkeypatch.setattr(sampling, "supports", lambda model: False)
+    assert sample(model, tok, prompts, n=3, temperature=1.0, max_new_tokens=12, seed=0).texts == out.texts
+
+
+def test_adapters_off_sample_the_base_model(pocket):
+    """A LoRA model with its adapters switched off (GRPO's reference) samples what the base samples."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = pocket
+    base = copy.deepcopy(model)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    wrapped = get_peft_model(copy.deepcopy(model), lora)
+    prompts = _prompts(tok, 3)
+    expected = sample(base, tok, prompts, n=4, max_new_tokens=100, seed=2)
+    with wrapped.disable_adapter():
+        off = sample(wrapped, tok, prompts, n=4, max_new_tokens=100, seed=2)
+    on = sample(wrapped, tok, prompts, n=4, max_new_tokens=100, seed=2)
+    assert off.texts == expected.texts
+    torch.testing.assert_close(off.logprobs, expected.logprobs, atol=1e-5, rtol=1e-5)
+    assert on.texts != expected.texts  # the adapters do change the policy
+
+
+def _unsloth_patched(model):
+    """Make ``model`` look as Unsloth leaves it: its attention class replaced by one from ``unsloth``."""
+    attn = model.model.layers[0].self_attn
+    cls = type(attn)
+
+    def forward(self, *args, **kwargs):
+        return cls.forward(self, *args, **kwargs)
+
+    forward.__module__ = "unsloth.models.llama"
+    attn.__class__ = type(cls.__name__, (cls,), {"forward": forward, "__module__": "unsloth.models.llama"})
+    return model
+
+
+def test_a_model_patched_by_unsloth_samples_through_generate(pocket, caplog, monkeypatch):
+    import copy
+
+    import course_lib.sampling as sampling
+    from course_lib.sampling import decoding_path, patched_by_unsloth
+
+    model, tok = pocket
+    assert decoding_path(model) == "shared-prefix" and not patched_by_unsloth(model)
+    assert decoding_path(_tiny_causal_lm("gpt2")) == "forward"
+    patched = _unsloth_patched(copy.deepcopy(model))
+    patched.generation_config.repetition_penalty, patched.generation_config.top_k = 1.5, 2  # as Qwen's config sets some
+    assert patched_by_unsloth(patched) and decoding_path(patched) == "generate"
+    prompts = _prompts(tok, 3)
+    monkeypatch.setattr(sampling, "_announced", set())  # said once per process: start from "not yet"
+    with caplog.at_level("WARNING", logger="course_lib.sampling"):
+        greedy = sample(patched, tok, prompts, n=1, temperature=0, max_new_tokens=150)
+        drawn = sample(patched, tok, prompts, n=3, temperature=0.8, max_new_tokens=150, seed=1)
+    assert greedy.texts == sample(model, tok, prompts, n=1, temperature=0, max_new_tokens=150).texts
+    assert drawn.texts == sample(patched, tok, prompts, n=3, temperature=0.8, max_new_tokens=150, seed=1).texts
+    enc = tok(
+        [prompts[i] for i in drawn.prompt_index],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+        padding_side="left",
+    )
+    with torch.no_grad():
+        recomputed = completion_logprobs(
+            model, enc["input_ids"], enc["attention_mask"], drawn.completion_ids, drawn.completion_mask, temperature=0.8
+        )
+    torch.testing.assert_close(recomputed, drawn.logprobs, atol=1e-4, rtol=1e-4)
+    for ids, length in zip(drawn.completion_ids, drawn.lengths):
+        assert (ids[: length - 1] != tok.eos_token_id).all()
+    assert caplog.text.count("patched by Unsloth") == 1  # said once, not at every call

@@ -48,6 +48,11 @@ class RSSettings:
                 f"rounds, k and questions_per_round must be >= 1 (got {self.rounds}, "
                 f"{self.k}, {self.questions_per_round})"
             )
+        if self.temperature <= 0 and self.k > 1:
+            raise ValueError(
+                f"temperature={self.temperature} with k={self.k}: greedy decoding gives one completion k times. "
+                "Sample at temperature > 0 (1 is the model's own distribution), or set k=1"
+            )
         if self.max_per_question is not None and self.max_per_question < 1:
             raise ValueError("max_per_question must be >= 1, or None to keep every correct sample")
 

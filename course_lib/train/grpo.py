@@ -71,6 +71,12 @@ class GRPOSettings:
             raise ValueError(f"group_size must be >= 2 to compare completions (got {self.group_size})")
         if min(self.steps, self.prompts_per_step, self.num_iterations, self.micro_batch_size) < 1:
             raise ValueError("steps, prompts_per_step, num_iterations and micro_batch_size must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError(
+                f"GRPO samples at temperature > 0 (got {self.temperature}): its groups need different completions "
+                "and its loss divides the logits by the temperature. Greedy decoding is for evaluation: "
+                "sample(..., temperature=0)"
+            )
 
 
 class GRPOLoop:

@@ -74,17 +74,46 @@ def problems_dataset(problems: list[dict], tokenizer, system_prompt: str | None 
     )
 
 
+#: GRPOConfig's sampling arguments that :func:`course_rollouts` passes to :func:`~course_lib.sampling.sample`.
+ROLLOUT_SAMPLING_ARGS = ("temperature", "top_p", "top_k", "min_p")
+
+
+def rollout_sampling(args) -> dict:
+    """The sampling arguments of a ``GRPOConfig`` as :func:`~course_lib.sampling.sample` takes them;
+    a ``ValueError`` for those our sampler cannot honour (a repetition penalty, extra
+    ``generation_kwargs``), instead of quietly sampling from another distribution than asked."""
+    refused = []
+    if getattr(args, "repetition_penalty", 1.0) not in (None, 1.0):
+        refused.append(f"repetition_penalty={args.repetition_penalty}")
+    if getattr(args, "generation_kwargs", None):
+        refused.append(f"generation_kwargs={args.generation_kwargs}")
+    if refused:
+        raise ValueError(
+            f"course_sampler=True cannot honour {', '.join(refused)}: leave them at their defaults, "
+            "or use course_sampler=False (TRL's own generation applies them)"
+        )
+    return dict(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k or 0,  # TRL: 0 or None switch it off
+        min_p=args.min_p or 0.0,
+        max_new_tokens=args.max_completion_length,
+    )
+
+
 def course_rollouts(tokenizer, settings: GRPOSettings) -> Callable[[list[str], GRPOTrainer], dict]:
     """A ``rollout_func`` for TRL's ``GRPOTrainer`` that samples with :func:`course_lib.sampling.sample`.
 
     TRL passes the batch's prompts, each repeated G times in a row (its ``RepeatSampler``), and
-    expects per row the prompt's token ids, the completion's ids and their log-probs. Each call
-    draws with its own seed (``settings.seed`` and a call counter), as our loop does per step.
+    expects per row the prompt's token ids, the completion's ids and their log-probs. The
+    trainer's own sampling arguments (temperature, top-p, top-k, min-p, completion length) are
+    read from ``trainer.args`` at every call (:func:`rollout_sampling`). Each call draws with its
+    own seed (``settings.seed`` and a call counter), as our loop does per step.
     """
     calls = itertools.count()
 
     def rollout(prompts: list[str], trainer: GRPOTrainer) -> dict:
-        group = settings.group_size
+        group = trainer.args.num_generations
         unique = prompts[::group]
         if [p for p in unique for _ in range(group)] != list(prompts):
             raise ValueError(f"expected each prompt {group} times in a row (num_generations), as TRL's sampler gives")
@@ -94,10 +123,9 @@ def course_rollouts(tokenizer, settings: GRPOSettings) -> Callable[[list[str], G
             tokenizer,
             unique,
             n=group,
-            temperature=settings.temperature,
-            max_new_tokens=settings.max_new_tokens,
             batch_size=settings.sample_batch_size,
             seed=settings.seed * 1_000_003 + next(calls),
+            **rollout_sampling(trainer.args),
         )
         lengths = out.lengths.tolist()
         return {
@@ -131,6 +159,8 @@ def grpo_trainer(
     funcs, weights = trl_reward_funcs(settings.reward)
     funcs, weights = funcs + [behaviour_reward("step_by_step")], weights + [0.0]  # logged, weight 0: no effect
     args = grpo_config(profile, output_dir, settings, reward_weights=weights, **overrides)
+    if course_sampler:
+        rollout_sampling(args)  # refuse what our sampler cannot honour now, not at the first step
     with warnings.catch_warnings():  # "rollout_func is experimental": said once, in lesson 06's prose
         warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
         trainer = GRPOTrainer(
