@@ -6,7 +6,8 @@
 For each checkpoint: on the pocket test set, ``k`` samples per problem at temperature 1 (seed
 0), per-sample accuracy, pass@k, maj@k and consistency@k with 95 % bootstrap intervals over
 problems; the share of each behaviour and the accuracy inside it; greedy decoding; the held-out
-facts and sorting probes. One table, in Markdown, with a column per checkpoint.
+facts and sorting probes. One table, in Markdown, with a column per checkpoint; then the base per
+number of solution steps.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 
 import pandas as pd
 
-from course_lib.behaviours import result_table
+from course_lib.behaviours import by_steps, result_table
 from course_lib.config import get_profile, setup_torch
 from course_lib.data import facts, pocket_math, sorting
 from course_lib.evaluation import evaluate, facts_probe, sorting_probe
@@ -36,7 +37,9 @@ def checkpoint_figures(model, tokenizer, problems: list[dict], k: int = 8, seed:
     for name in ("step_by_step", "answer_only"):
         row = behaviours.loc[name]
         inside = "—" if row["n"] == 0 else f"{100 * row['accuracy']:.1f} %"
-        column[f"{name}: share / accuracy inside (samples)"] = f"{100 * row['share']:.1f} % / {inside} ({row['n']})"
+        column[f"{name}: share / accuracy inside (samples)"] = (
+            f"{100 * row['share']:.1f} % / {inside} ({int(row['n'])})"
+        )
     greedy_share = greedy_behaviours.loc["step_by_step", "share"]
     column["greedy: accuracy / share step by step"] = (
         f"{100 * greedy.value('per_sample_accuracy'):.1f} % / {100 * greedy_share:.0f} %"
@@ -65,6 +68,13 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def base_by_steps(problems: list[dict], k: int = 8, seed: int = 0) -> pd.DataFrame:
+    """The base per number of solution steps: accuracy, step-by-step share, accuracy inside each behaviour."""
+    model, tokenizer = load_pocket_model(POCKET_MODEL_DIR)
+    sampled = evaluate(model, tokenizer, problems, k=k, temperature=1.0, batch_size=256, seed=seed, progress=False)
+    return (100 * by_steps(sampled, [p["n_steps"] for p in problems])).round(1)
+
+
 def _estimate(estimate) -> str:
     value, interval = str(estimate).split(" ", 1)  # "39.9 [34.9, 45.1]"
     return f"{value} % {interval}"
@@ -77,7 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     setup_torch(get_profile("pocket"))
-    print(markdown(world_table(pocket_math.pocket_test_set(args.problems), args.k, args.seed)))
+    problems = pocket_math.pocket_test_set(args.problems)
+    print(markdown(world_table(problems, args.k, args.seed)))
+    print("\nThe base by number of solution steps (%):\n")
+    print(markdown(base_by_steps(problems, args.k, args.seed)))
 
 
 if __name__ == "__main__":
