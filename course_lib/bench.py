@@ -1,4 +1,8 @@
-"""Benchmarks (not tests): ``python -m course_lib.bench {sample,grpo}``.
+"""Benchmarks (not tests): ``python -m course_lib.bench {sample,step,grpo}``.
+
+``step`` times one decoding step (:class:`~course_lib.decoding.Decoder` plus the draw) at batch
+64 and 256 against its arithmetic floor: the matrix products with the model's own weight shapes
+alone (:func:`matmul_floor_ms`), one roofline line per batch size.
 
 ``sample`` draws the same completions (same model, prompts, temperature, token budget) with
 ``transformers``' ``generate`` and with the course's decoding loop (:mod:`course_lib.sampling`),
@@ -28,7 +32,8 @@ from course_lib.data import eval_problems, train_problems
 from course_lib.decoding import Decoder
 from course_lib.models import load_model
 from course_lib.prompts import format_prompt
-from course_lib.sampling import BufferLayer, sample
+from course_lib.sampling import BufferLayer, DrawSettings, draw, sample
+from course_lib.streams import row_keys, uniforms
 from course_lib.train.grpo import GRPOLoop, GRPOSettings
 from course_lib.train.grpo_trl import grpo_trainer
 
@@ -141,7 +146,9 @@ def bench_step(
     * ``forward_ms``: the model's own forward pass on one token per row with a :class:`BufferLayer`
       cache, nothing else (each row holding its own copy of the prompt);
     * ``ours_ms``: our :class:`~course_lib.decoding.Decoder` step, the prompt's cache shared by its
-      ``group_size`` rows (draws not included).
+      ``group_size`` rows, and the draw of the next token (best of 3 rounds); ``unfused_ms`` the same
+      with every projection through its own module (``fuse=False``), rounds alternating with ours;
+    * ``floor_ms``: :func:`matmul_floor_ms`, and ``ratio_to_floor`` = ours / floor.
     """
     profile = get_profile(profile_name, fast=False)
     setup_torch(profile, 0)
@@ -181,27 +188,59 @@ def bench_step(
             )
         forward_ms = 1000 * (time.perf_counter() - start) / steps
 
-        prefix = DynamicCache()
-        model(input_ids=ids, attention_mask=mask, past_key_values=prefix, use_cache=True, logits_to_keep=1)
-        decoder = Decoder(
-            model,
-            [layer.keys for layer in prefix.layers],
-            [layer.values for layer in prefix.layers],
-            mask,
-            group_size,
-            steps,
-        )
-        start = time.perf_counter()
-        for step in range(steps):
-            decoder.step(token, positions + step)
-        ours_ms = 1000 * (time.perf_counter() - start) / steps
+        token = rows[:, -1]
+        rounds = {True: [], False: []}  # fused and unfused, alternating: the machine's drift hits both
+        for _ in range(3):
+            for fuse in (True, False):
+                rounds[fuse].append(_decoder_ms(model, ids, mask, token, group_size, steps, fuse))
+        ours_ms, unfused_ms = min(rounds[True]), min(rounds[False])
+    floor = matmul_floor_ms(model, batch_size)
     return {
         "batch_size": batch_size,
         "context": context,
         "generate_ms": generate_ms,
         "ours_ms": ours_ms,
+        "unfused_ms": unfused_ms,
         "forward_ms": forward_ms,
+        "floor_ms": floor,
+        "ratio_to_floor": ours_ms / floor,
     }
+
+
+def _decoder_ms(model, ids, mask, token, group_size: int, steps: int, fuse: bool) -> float:
+    """Milliseconds per step of a fresh :class:`Decoder` (and the draw) over ``steps`` new tokens."""
+    prefix = DynamicCache()
+    model(input_ids=ids, attention_mask=mask, past_key_values=prefix, use_cache=True, logits_to_keep=1)
+    keys = [layer.keys for layer in prefix.layers]
+    decoder = Decoder(model, keys, [layer.values for layer in prefix.layers], mask, group_size, steps, fuse=fuse)
+    streams, rule = row_keys(0, [str(i) for i in range(len(ids))], group_size), DrawSettings()
+    positions = mask.sum(dim=1).repeat_interleave(group_size)  # (B,)
+    start = time.perf_counter()
+    for step in range(steps):
+        logits = decoder.step(token, positions + step).float()
+        token, _ = draw(logits, rule, uniforms(streams, step), step)  # the draw is part of a step
+    return 1000 * (time.perf_counter() - start) / steps
+
+
+@torch.inference_mode()
+def matmul_floor_ms(model, batch_size: int, repeats: int = 50) -> float:
+    """The arithmetic floor of one decoding step: milliseconds for the matrix products with the
+    model's own weight shapes alone (per layer q, k, v, o, gate, up, down, then the LM head), one
+    row per sequence, as separate products (the best of ``repeats`` rounds)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    weights = []
+    for layer in base.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        weights += [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+    weights = [m.weight for m in weights] + [base.get_output_embeddings().weight]
+    inputs = [torch.randn(batch_size, w.shape[1], dtype=w.dtype) for w in weights]  # (B, in) each
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for x, w in zip(inputs, weights):
+            torch.mm(x, w.T)  # (B, out)
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best
 
 
 # --------------------------------------------------------------------------- GRPO
@@ -303,9 +342,14 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     sampling.add_argument("--max-new-tokens", type=int, default=200)
     sampling.add_argument("--steps", action="store_true", help="also time one decoding step against the forward pass")
     sampling.add_argument("--profile", default=os.environ.get("COURSE_PROFILE", "pocket"))
+    step = commands.add_parser("step", help="one decoding step against its arithmetic floor (a roofline line)")
+    step.add_argument("--batch-sizes", default="64,256", help="comma-separated (default 64,256)")
+    step.add_argument("--profile", default=os.environ.get("COURSE_PROFILE", "pocket"))
     args = parser.parse_args(argv)
     if args.which == "sample":
         return _print_sample(args)
+    if args.which == "step":
+        return _print_step(args)
     return _print_grpo(args)
 
 
@@ -329,6 +373,19 @@ def _print_sample(args: argparse.Namespace) -> list[dict]:
                 f"generate {t['generate_ms']:.1f} ms, "
                 f"the model's forward alone {t['forward_ms']:.1f} ms, course_lib's step {t['ours_ms']:.1f} ms"
             )
+    return rows
+
+
+def _print_step(args: argparse.Namespace) -> list[dict]:
+    rows = [bench_step(int(b), profile_name=args.profile) for b in args.batch_sizes.split(",")]
+    print(f"one decoding step after {rows[0]['context']} prompt tokens, {torch.get_num_threads()} torch threads:")
+    for r in rows:
+        print(
+            f"  batch {r['batch_size']:4d}: floor (weight products alone) {r['floor_ms']:5.1f} ms, "
+            f"course_lib's step with its draw {r['ours_ms']:5.1f} ms, ratio {r['ratio_to_floor']:.1f}x "
+            f"(unfused {r['unfused_ms']:.1f} ms, the model's forward {r['forward_ms']:.1f} ms, "
+            f"generate {r['generate_ms']:.1f} ms)"
+        )
     return rows
 
 

@@ -92,6 +92,17 @@ def test_the_benchmark_runs_both_trainers(steps, capsys):
     assert "ratio (ours / TRL)" in capsys.readouterr().out
 
 
+def test_the_step_benchmark_prints_a_roofline_line_per_batch_size(capsys):
+    from course_lib.bench import main
+
+    rows = main(["step", "--batch-sizes", "8,16"])
+    assert [r["batch_size"] for r in rows] == [8, 16]
+    for r in rows:
+        assert 0 < r["floor_ms"] < r["ours_ms"] and r["unfused_ms"] > 0
+        assert r["ratio_to_floor"] == pytest.approx(r["ours_ms"] / r["floor_ms"])
+    assert capsys.readouterr().out.count("floor (weight products alone)") == 2
+
+
 def test_the_sampling_benchmark_times_both_samplers(capsys):
     from course_lib.bench import main
 

@@ -461,3 +461,39 @@ def test_a_model_patched_by_unsloth_samples_through_generate(pocket, caplog, mon
     for ids, length in zip(drawn.completion_ids, drawn.lengths):
         assert (ids[: length - 1] != tok.eos_token_id).all()
     assert caplog.text.count("patched by Unsloth") == 1  # said once, not at every call
+
+
+def test_the_fused_step_equals_the_modules_step_with_lora_merged_or_switched_off(pocket):
+    """q/k/v and gate/up as one product each, LoRA deltas merged in: the logits the modules give."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    from transformers.cache_utils import DynamicCache
+
+    from course_lib.decoding import Decoder, fused_layer
+
+    model, tok = pocket
+    torch.manual_seed(0)
+    lora = LoraConfig(
+        r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj", "up_proj"], init_lora_weights=False
+    )
+    wrapped = get_peft_model(copy.deepcopy(model), lora).eval()
+    enc = tok(_prompts(tok, 2), return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+
+    def logits(fuse: bool) -> torch.Tensor:
+        cache = DynamicCache()
+        wrapped(**enc, past_key_values=cache, use_cache=True)
+        keys, values = [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+        decoder = Decoder(wrapped, keys, values, enc["attention_mask"], 3, 4, fuse=fuse)
+        assert all(f is not None for f in decoder.fused) == fuse
+        tokens, positions = torch.tensor([40, 41, 42, 43, 44, 45]), enc["attention_mask"].sum(1).repeat_interleave(3)
+        return torch.stack([decoder.step(tokens, positions + t) for t in range(3)])  # (3, B, V)
+
+    with torch.no_grad():
+        torch.testing.assert_close(logits(True), logits(False), atol=1e-4, rtol=1e-4)
+        with wrapped.disable_adapter():
+            off = logits(True)
+            torch.testing.assert_close(off, logits(False), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(off, logits(True), atol=1e-3)  # the adapters did take part
+    dora = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
+    assert fused_layer(dora.base_model.model.model.layers[0]) is None  # DoRA: through the modules
