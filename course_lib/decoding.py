@@ -14,10 +14,13 @@ softmax, so the result is exactly attention over the concatenated sequence.
 
 :class:`Decoder` holds that state for one batch and runs :meth:`Decoder.step`: embeddings,
 then per layer RMSNorm, q/k/v projections, rotary positions, the two-part attention, the
-output projection, the MLP, each with its residual, then the final norm and the LM head. It
-calls the model's own modules (so a LoRA adapter on any projection takes part), and is used
-for the architectures whose layers have exactly that shape (:data:`ARCHITECTURES`); any other
-causal LM is decoded by its own ``forward`` (see :mod:`course_lib.sampling`).
+output projection, the MLP, each with its residual, then the final norm and the LM head. On the
+CPU, where a step of a small model is made of many small products, each layer's q, k and v run
+as one product and gate and up as another (:func:`fused_layer`), from the weights the layers
+apply at that moment (a LoRA adapter's delta merged in, or left out while adapters are switched
+off); otherwise, and for layers that are not plain linear maps, it calls the model's own modules.
+It is used for the architectures whose layers have exactly that shape (:data:`ARCHITECTURES`);
+any other causal LM is decoded by its own ``forward`` (see :mod:`course_lib.sampling`).
 """
 
 from __future__ import annotations
