@@ -7,10 +7,11 @@ For each problem we draw ``n`` samples and count ``c`` correct ones. Then
   right, estimated without bias from all n samples (Chen et al. 2021). With n = k it
   is simply "any of the k is right".
 * **maj@k**: take the k samples' final answers, vote, and check the most common
-  answer (ties: the answer that reached the top count first). This is what papers
+  answer (ties: the tied answer that appeared first among the k). This is what papers
   call majority voting / self-consistency (Wang et al. 2022).
 * **consistency@k**: at least ``threshold`` of k samples are right (default a strict
-  majority, 5 of 8). Seed 000 reported this as "Majority@8"; it is *not* maj@k: maj@8
+  majority, 5 of 8). Trelis Research's "Should you even do GRPO?" (Ronan McGovern,
+  https://trelis.substack.com/p/sft-vs-grpo) reports this as "Majority@8"; it is *not* maj@k: maj@8
   can be right with only 3 of 8 correct samples when the wrong ones disagree with each
   other, while consistency@8 needs 5.
 
@@ -54,7 +55,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def majority_answer(answers: list[str | None]) -> str | None:
-    """The most common non-empty answer (first to reach the top count wins a tie)."""
+    """The most common non-empty answer; a tie goes to the tied answer that appears first in ``answers``."""
     votes = Counter(a for a in answers if a is not None)
     return votes.most_common(1)[0][0] if votes else None
 

@@ -154,6 +154,34 @@ def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
+def old_minus_new_gradient(model, tokenizer, prompt: str) -> dict[str, float]:
+    """The gradient of the tutorial's "KL" term ``mean(old - new)`` at the next token after ``prompt``,
+    per sampled token and in expectation over the model's own distribution.
+
+    For one sampled token y the term is log pi_old(y) - log pi(y), whose gradient at pi = pi_old is
+    -grad log pi(y): an SFT step on that token. Averaged over tokens drawn from the policy itself,
+
+    .. math:: \\mathbb{E}_{y\\sim\\pi}[-\\nabla \\log\\pi(y)] = -\\sum_y \\pi(y)\\,\\frac{\\nabla\\pi(y)}{\\pi(y)}
+              = -\\nabla \\sum_y \\pi(y) = 0,
+
+    so on-policy the term pulls nowhere on average: it adds noise, not an SFT or entropy effect.
+    Returns the gradient's norm for the most likely token alone (``per_token``) and for the
+    expectation computed exactly over the whole vocabulary (``expected``).
+    """
+    device = next(model.parameters()).device
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)  # (1, L)
+    params = [p for p in model.parameters() if p.requires_grad]
+    logp = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), dim=-1)  # (V,) next-token log-probs
+    probs = logp.exp().detach()  # (V,) pi_old = pi at this point, held fixed
+    per_token = torch.autograd.grad(-logp.max(), params, retain_graph=True)  # one sampled token: its SFT step
+    expected = torch.autograd.grad(-(probs * logp).sum(), params)  # sum_y pi(y) * (-grad log pi(y))
+    return {"per_token": _norm(per_token), "expected": _norm(expected)}
+
+
+def _norm(grads) -> float:
+    return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads)))
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over the positions where ``mask`` is 1 (0 when the mask is empty)."""
     return (x * mask).sum() / mask.sum().clamp(min=1)

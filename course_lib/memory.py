@@ -200,9 +200,10 @@ def total_gb(shape: ModelShape, setup: TrainingSetup) -> float:
     return float(estimate(shape, setup).loc["total", "GB"])
 
 
-def seed_002_ladder(shape: ModelShape = MODELS["Qwen2.5-1.5B"], **common) -> pd.DataFrame:
-    """Seed 002's steps for a 1.5B model on one GPU (full, LoRA, + ZeRO-2, + CPU offload) with our
-    estimate of each, next to the figures Yiqiao Yin's GRPO tutorial quotes (24, 16, 12 and 8 GB)."""
+def tutorial_ladder(shape: ModelShape = MODELS["Qwen2.5-1.5B"], **common) -> pd.DataFrame:
+    """The memory steps of Yiqiao Yin's "GRPO Training" tutorial (DeepSpeed Course,
+    https://github.com/yiqiao-yin/deepspeed-course) for a 1.5B model on one GPU (full, LoRA, + ZeRO-2,
+    + CPU offload), our estimate of each next to the figures it quotes (24, 16, 12 and 8 GB)."""
     base = TrainingSetup(lora_rank=None, micro_batch=1, gradient_checkpointing=True, **common)
     steps = {
         "full fine-tuning": (base, 24),

@@ -21,8 +21,10 @@ lexer passes sympy nothing but number tokens (a test records every ``eval`` to p
 
 The format reward
 -----------------
-Seed 000 trained GRPO with correctness worth 0 or 2 plus four format components worth
-0.5 each, the layout of the widely copied GRPO GSM8K demo (strict layout, soft layout,
+Trelis Research's "Should you even do GRPO?" (Ronan McGovern,
+https://trelis.substack.com/p/sft-vs-grpo) trained GRPO with a reward of this shape: correctness
+worth 0 or 2 plus four format components worth 0.5 each, the layout of the widely copied GRPO
+GSM8K demo (strict layout, soft layout,
 tag count, integer answer). The course's answer format is GSM8K's ``#### N`` final line,
 so the four components here are those four ideas for that format:
 

@@ -115,7 +115,7 @@ def trl_scorer(grpo_trainer):
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
 def test_equals_trl_grpo_trainer(trl_scorer, scale):
     generator = torch.Generator().manual_seed(0)
-    # 0/1 correctness with seed 000's 0.5-point format steps: ties, all-equal groups, mixes
+    # 0/1 correctness with the Trelis-shaped reward's 0.5-point format steps: ties, all-equal groups, mixes
     dyadic = torch.randint(0, 5, (6 * 8,), generator=generator).float() / 2
     dyadic[:8] = 1.0  # one zero-variance group
     continuous = torch.randn(6 * 8, generator=generator)

@@ -33,7 +33,7 @@ def test_reward_table_and_group_summary():
     table = reward_table(samples, problems, TRELIS_SHAPED_REWARD)
     assert table.correct.tolist() == [True, True, False, False]
     assert table.tokens.tolist() == [3, 4, 5, 6]
-    assert table.total.tolist() == [4.0, 4.0, 1.0, 2.0]  # seed 000 pays format to wrong answers
+    assert table.total.tolist() == [4.0, 4.0, 1.0, 2.0]  # Trelis's shape pays format to wrong answers
     assert table.n_steps.tolist() == [2, 2, 3, 3]
     groups = group_summary(table)
     assert groups.zero_variance.tolist() == [True, False]

@@ -187,3 +187,14 @@ def test_equals_trl_compute_loss(grpo_trainer, pocket, loss_type, beta):
     assert ours.metrics["clip_ratio/region"] > 0
     if beta:
         assert ours.metrics["kl"] == pytest.approx(their_metrics["kl"], abs=1e-6)
+
+
+def test_old_minus_new_is_an_sft_step_per_token_and_nothing_in_expectation(pocket):
+    """The tutorial's mean(old - new): each sampled token's gradient is SFT's, the on-policy mean is 0."""
+    from course_lib.losses import old_minus_new_gradient
+    from course_lib.prompts import format_prompt
+
+    model, tokenizer = pocket
+    norms = old_minus_new_gradient(model, tokenizer, format_prompt(tokenizer, "What is 2 + 3?"))
+    assert norms["per_token"] > 1e-3
+    assert norms["expected"] < 1e-4 * norms["per_token"]

@@ -1,4 +1,4 @@
-"""The memory planner: exact static parts, activations against autograd, ZeRO arithmetic, seed 002."""
+"""The memory planner: exact static parts, activations against autograd, ZeRO arithmetic, a tutorial's table."""
 
 import dataclasses
 
@@ -107,8 +107,8 @@ def test_bad_setups_say_what_is_wrong():
         estimate(POCKET, TrainingSetup(lora_targets=("qkv",)))
 
 
-def test_seed_002_full_fine_tuning_agrees_and_the_lora_gap_is_the_logits():
-    ladder = memory.seed_002_ladder()
+def test_the_tutorials_full_fine_tuning_agrees_and_the_lora_gap_is_the_logits():
+    ladder = memory.tutorial_ladder()
     assert ladder.loc["full fine-tuning", "total"] == pytest.approx(24, rel=0.1)  # quoted: 24 GB
     # LoRA's states are tiny: the planner finds no 8 GB between LoRA and LoRA + offload ...
     lora, offload = ladder.loc["LoRA r=16", "total"], ladder.loc["LoRA + ZeRO-2 + CPU offload", "total"]

@@ -71,7 +71,7 @@ def test_reward_explorer_reacts_to_its_controls():
     )
     assert "not paid" in out.value  # default: gated
     needs_correct.value = False
-    assert "<b>+2.000</b>" in out.value  # seed 000: format paid to a wrong answer
+    assert "<b>+2.000</b>" in out.value  # Trelis's shape: format paid to a wrong answer
     weights.label = "correctness only"
     assert "<b>+0.000</b>" in out.value
     weights.label = "Trelis-shaped (2 + 4 x 0.5)"

@@ -25,7 +25,7 @@ def test_grpo_config_carries_the_settings_and_the_cpu_facts(tmp_path):
     assert args.lr_scheduler_type == "constant"
 
 
-def test_lora_config_is_seed_002s():
+def test_lora_config_is_the_grpo_tutorials():
     config = lora_config()
     assert (config.r, config.lora_alpha, config.lora_dropout) == (16, 32, 0.05)
     assert set(config.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
@@ -195,7 +195,7 @@ def test_sft_config_trains_on_completions_at_a_constant_rate(tmp_path):
     assert args.num_train_epochs == 1 and args.lr_scheduler_type == "constant"
     assert args.learning_rate == settings.learning_rate and args.use_cpu and not args.bf16
     gpu, gpu_lora = rs_recipe(get_profile("gpu", fast=False))
-    assert (gpu.k, gpu.questions_per_round, gpu.rounds, gpu.epochs) == (8, 7473, 1, 1)  # seed 000's setting
+    assert (gpu.k, gpu.questions_per_round, gpu.rounds, gpu.epochs) == (8, 7473, 1, 1)  # Trelis's setting
     assert gpu_lora is not None and gpu.max_new_tokens == 512
 
 

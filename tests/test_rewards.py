@@ -199,7 +199,7 @@ def test_format_credit_needs_a_correct_answer_by_default():
 
 
 def test_reward_hacking_a_formatted_wrong_answer():
-    """Under seed 000's reward a perfectly formatted wrong answer ties a correct bare one."""
+    """Under a reward of Trelis's shape a perfectly formatted wrong answer ties a correct bare one."""
     hack = "a\n#### 13"
     honest = "7 twice is 14, 14 apples"
     assert reward_breakdown(hack, "14", TRELIS_SHAPED_REWARD)["total"] == 2.0

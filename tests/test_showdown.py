@@ -34,7 +34,7 @@ def test_pocket_plan_matches_the_generation_budget_of_every_arm():
     assert rs.max_new_tokens == orpo.max_new_tokens == grpo.max_new_tokens
 
 
-def test_gpu_plan_mirrors_seed_000_and_takes_a_documented_subset():
+def test_gpu_plan_mirrors_trelis_and_takes_a_documented_subset():
     profile = get_profile("gpu", fast=False)
     plan = plan_for(profile)
     assert plan.questions == 7472 and plan.k == 8 and plan.n_eval == 1319  # 7,473 down to whole steps of 8

@@ -102,3 +102,16 @@ def test_settings_are_frozen():
     for settings in (GRPOSettings(), RSSettings(), ORPOSettings(), get_profile()):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(settings, dataclasses.fields(settings)[0].name, None)
+
+
+def test_sources_are_named_not_labelled():
+    """Learner-facing text names a source by title and author (../shared/sources.md), never as "seed 000"."""
+    import re
+
+    root = PACKAGE.parent
+    label = re.compile(r"seed[ _-]?00[0-3]", re.IGNORECASE)
+    files = [root / "README.md", root / "data" / "README.md", *root.glob("notebooks/**/*.ipynb")]
+    files += [p for p in PACKAGE.rglob("*") if p.suffix in (".py", ".md", ".yaml", ".json")]
+    found = [f"{p.relative_to(root)}: {m.group(0)!r}" for p in files for m in label.finditer(p.read_text())]
+    assert not found, "name the source instead: " + "; ".join(found)
+    assert label.search("as Seed 002 quotes") and not label.search("seed=1_000_003")  # the pattern itself
