@@ -29,6 +29,7 @@ checks them against TRL's ``ORPOTrainer`` and ``DPOTrainer``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -425,6 +426,26 @@ class PreferenceLoss:
     loss: torch.Tensor  # scalar, differentiable
     per_pair_loss: torch.Tensor  # (B,) the preference term of each pair
     metrics: dict[str, float]
+
+
+def rejected_push(p_chosen: float, p_rejected: float) -> dict[str, float]:
+    """How hard each pairwise term pushes the rejected answer down: the loss and its gradient with
+    respect to the rejected answer's mean log-probability, for ORPO's odds-ratio term
+    ``-log sigmoid(log odds(y_w) - log odds(y_l))`` and for the same term with probabilities,
+    ``-log sigmoid(log p_w - log p_l)`` (``p``: the per-token mean probability, as ORPO reads it).
+
+    As the SFT term makes the chosen answer near certain, its odds grow without bound and the
+    odds-ratio term is satisfied without touching the rejected answer; the probability ratio can
+    then only grow by pushing the rejected answer further down.
+    """
+    chosen = torch.tensor(math.log(p_chosen), dtype=torch.float64)
+    out = {}
+    for name, score in (("odds ratio", log_odds), ("probability ratio", lambda ell: ell)):
+        rejected = torch.tensor(math.log(p_rejected), dtype=torch.float64, requires_grad=True)
+        loss = -torch.nn.functional.logsigmoid(score(chosen) - score(rejected))
+        (grad,) = torch.autograd.grad(loss, rejected)  # > 0: lowering the rejected log-prob lowers the loss
+        out[f"{name}: loss"], out[f"{name}: push on the rejected"] = float(loss.detach()), float(grad)
+    return out
 
 
 def _per_sequence(logps: torch.Tensor, mask: torch.Tensor, mean: bool) -> torch.Tensor:

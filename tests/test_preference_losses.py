@@ -244,3 +244,14 @@ def test_dpo_trainer_uses_the_adapter_free_model_as_reference_and_trains(tmp_pat
     assert result.global_step == 1 and math.isfinite(result.training_loss)
     with pytest.raises(ValueError, match="no preference pairs"):
         dpo_trainer(profile, model, tokenizer, [], tmp_path, DPOSettings())
+
+
+def test_the_odds_ratio_stops_pushing_the_rejected_answer_once_the_chosen_is_near_certain():
+    """ORPO's reason for odds (Hong et al.): beside SFT, a probability ratio keeps suppressing y_l."""
+    from course_lib.losses import rejected_push
+
+    near_certain, even = rejected_push(0.999, 0.3), rejected_push(0.5, 0.3)
+    assert near_certain["odds ratio: push on the rejected"] < 1e-3
+    assert near_certain["probability ratio: push on the rejected"] > 0.2  # 1 - sigmoid(log(0.999 / 0.3))
+    assert even["odds ratio: push on the rejected"] > 0.3
+    assert near_certain["probability ratio: push on the rejected"] == pytest.approx(1 - 0.999 / (0.999 + 0.3))
