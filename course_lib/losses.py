@@ -428,6 +428,35 @@ class PreferenceLoss:
     metrics: dict[str, float]
 
 
+def zero_variance_filter_scale(model, tokenizer, samples, advantages: torch.Tensor, zero: torch.Tensor) -> dict:
+    """What dropping the zero-variance groups does to GRPO's gradient (loss_type ``dapo``: the
+    token mean over the batch). Their advantages are 0, so they add nothing to the loss's sum,
+    but their tokens count in its normaliser: without them the same sum is divided by fewer
+    tokens, and the gradient grows by (all tokens) / (tokens of the kept groups).
+
+    Args:
+        samples: a ``sampling.Samples`` of P groups of ``samples.n``.
+        advantages: (P * n,) group-relative advantages; zero: (P,) True for the flat groups.
+    Returns:
+        ``gradient_ratio`` (norm with the filter / without) and ``token_ratio`` (all / kept tokens).
+    """
+    mask = samples.completion_mask.float()  # (N, T)
+    keep = ~zero.repeat_interleave(samples.n)  # (N,) rows of the groups with a signal
+    if not keep.any():
+        raise ValueError("every group has zero variance: the filter would leave nothing to train on")
+    logps = samples_logprobs(model, tokenizer, samples)  # (N, T), with gradients
+    params = [p for p in model.parameters() if p.requires_grad]
+    surrogate = -advantages[:, None] * logps * mask  # (N, T) the policy-gradient term at ratio 1
+    kept_grad = torch.autograd.grad(surrogate[keep].sum() / mask[keep].sum(), params, retain_graph=True)
+    all_grad = torch.autograd.grad(surrogate.sum() / mask.sum(), params)
+    return {
+        "gradient_ratio": _norm(kept_grad) / _norm(all_grad),
+        "token_ratio": float(mask.sum() / mask[keep].sum()),
+        "groups_dropped": int(zero.sum()),
+        "groups": len(zero),
+    }
+
+
 def rejected_push(p_chosen: float, p_rejected: float) -> dict[str, float]:
     """How hard each pairwise term pushes the rejected answer down: the loss and its gradient with
     respect to the rejected answer's mean log-probability, for ORPO's odds-ratio term

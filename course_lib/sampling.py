@@ -120,6 +120,19 @@ class Samples:
             self.logprobs[rows],
         )
 
+    def first(self, p: int) -> Samples:
+        """The first ``p`` prompts with their completions, as a ``Samples`` of their own."""
+        rows = slice(0, p * self.n)
+        return Samples(
+            self.prompts[:p],
+            self.n,
+            self.texts[rows],
+            self.prompt_index[rows],
+            self.completion_ids[rows],
+            self.completion_mask[rows],
+            self.logprobs[rows],
+        )
+
     @property
     def lengths(self) -> torch.Tensor:
         """(N,) number of generated tokens per completion, EOS included."""

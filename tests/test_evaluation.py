@@ -58,7 +58,7 @@ def test_majority_vote_differs_from_consistency():
 
 
 def test_a_tie_goes_to_the_tied_answer_that_appears_first():
-    """"5" reaches two votes first (third sample), "2" appears first: the vote goes to "2"."""
+    """ "5" reaches two votes first (third sample), "2" appears first: the vote goes to "2"."""
     assert majority_answer(["2", "5", "5", "2"]) == "2"
 
 

@@ -198,3 +198,21 @@ def test_old_minus_new_is_an_sft_step_per_token_and_nothing_in_expectation(pocke
     norms = old_minus_new_gradient(model, tokenizer, format_prompt(tokenizer, "What is 2 + 3?"))
     assert norms["per_token"] > 1e-3
     assert norms["expected"] < 1e-4 * norms["per_token"]
+
+
+def test_dropping_zero_variance_groups_rescales_the_gradient_by_the_token_ratio(pocket):
+    from course_lib.advantages import group_advantages
+    from course_lib.losses import zero_variance_filter_scale
+    from course_lib.prompts import format_prompt
+    from course_lib.sampling import sample
+
+    model, tokenizer = pocket
+    prompts = [format_prompt(tokenizer, q) for q in ("What is 2 + 3?", "What is 4 + 4?", "What is 7 + 1?")]
+    samples = sample(model, tokenizer, prompts, n=4, max_new_tokens=40, seed=0)
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0] + [1.0] * 4 + [0.0, 0.0, 1.0, 0.0])  # group 1 is flat
+    advantages, zero = group_advantages(rewards, 4)
+    scale = zero_variance_filter_scale(model, tokenizer, samples, advantages, zero)
+    assert scale["groups_dropped"] == 1 and scale["token_ratio"] > 1
+    assert scale["gradient_ratio"] == pytest.approx(scale["token_ratio"], rel=1e-4)
+    with pytest.raises(ValueError, match="every group"):
+        zero_variance_filter_scale(model, tokenizer, samples, advantages * 0, torch.ones(3, dtype=torch.bool))
