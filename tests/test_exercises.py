@@ -1,0 +1,85 @@
+"""The exercises' checkers: every solution passes, every planted mistake is caught and explained."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from course_lib.exercises import EXERCISES, check
+
+SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "solutions" / "exercises.py"
+spec = importlib.util.spec_from_file_location("solutions", SOLUTIONS)
+solutions = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(solutions)
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_each_solution_passes_its_checker(name):
+    verdict = check(name, getattr(solutions, name))
+    assert verdict.passed, str(verdict)
+
+
+def _population_std(rewards, group_size):
+    groups = rewards.float().view(-1, group_size)
+    centred = groups - groups.mean(1, keepdim=True)
+    return torch.nan_to_num(centred / (groups.std(1, unbiased=False, keepdim=True) + 1e-4)).reshape(-1)
+
+
+def _nan_for_flat_groups(rewards, group_size):
+    groups = rewards.float().view(-1, group_size)
+    return ((groups - groups.mean(1, keepdim=True)) / groups.std(1, keepdim=True)).reshape(-1)
+
+
+def _pass_at_k_as_text_when_certain(n, c, k):
+    return 1 - math.comb(n - c, k) / math.comb(n, k) if k <= n - c else "1"
+
+
+PLANTED = [  # (exercise, a common mistake, words the explanation must contain)
+    ("group_advantages", _population_std, "groups of 2"),
+    ("group_advantages", _nan_for_flat_groups, "all equal (its advantages must be exactly 0, not NaN): NaN"),
+    ("clipped_surrogate", lambda r, a, lo, hi: -(r.clamp(1 - lo, 1 + hi) * a), "differ"),  # no min: no pessimism
+    ("clipped_surrogate", lambda r, a, lo, hi: -torch.minimum(r * a, (r * a).clamp(1 - lo, 1 + hi)), "clip binds"),
+    ("clipped_surrogate", lambda r, a, lo, hi: -torch.minimum(r * a, r.clamp(1 - lo, 1 + lo) * a), "clip-higher"),
+    ("k3", lambda logp, ref: logp - ref, "random log-probs"),  # k1, not k3
+    ("k3", lambda logp, ref: (logp - ref).exp() - (logp - ref) - 1, "random log-probs"),  # the wrong direction
+    ("pass_at_k", lambda n, c, k: 1 - (1 - c / n) ** k, "n=10, c=3, k=5"),  # the biased estimator
+    ("pass_at_k", _pass_at_k_as_text_when_certain, "always 1): expected a number"),
+    ("log_odds", lambda ell: ell - torch.log(1 - torch.exp(ell)), "almost certain"),  # unstable log(1 - p)
+    ("log_odds", lambda ell: ell - torch.log1p(-ell), "ordinary"),  # log(1 - log p): mixes up p and log p
+]
+
+
+@pytest.mark.parametrize("name,mistake,words", PLANTED, ids=[f"{p[0]}-{i}" for i, p in enumerate(PLANTED)])
+def test_each_checker_rejects_a_planted_mistake_and_says_where(name, mistake, words):
+    verdict = check(name, mistake)
+    assert not verdict.passed
+    assert words in verdict.message, verdict.message
+    assert "expected" in verdict.message or "raised" in verdict.message  # what differs, not just "wrong"
+
+
+def test_not_attempted_and_crashing_functions_are_reported_not_raised():
+    def untouched(*args):
+        raise NotImplementedError
+
+    assert "not attempted" in check("k3", untouched).message
+    crashed = check("k3", lambda logp, ref: logp @ ref)  # (B, T) @ (B, T): a shape error inside
+    assert not crashed.passed and "raised RuntimeError" in crashed.message
+    wrong_shape = check("k3", lambda logp, ref: (logp - ref).sum(1))
+    assert "expected shape" in wrong_shape.message
+    with pytest.raises(ValueError, match="unknown exercise"):
+        check("ppo", untouched)
+
+
+def test_every_exercise_is_set_in_a_lesson_and_every_lesson_check_exists():
+    import json
+    import re
+
+    notebooks = sorted((SOLUTIONS.parents[1]).glob("*.ipynb"))
+    used = set()
+    for path in notebooks:
+        for cell in json.loads(path.read_text())["cells"]:
+            used |= set(re.findall(r'check\("(\w+)"', "".join(cell["source"])))
+    assert used - set(EXERCISES) == set(), "a lesson checks an exercise the checkers do not know"
+    assert set(EXERCISES) - used == set(), "an exercise no lesson sets"
