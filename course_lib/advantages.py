@@ -93,3 +93,50 @@ def group_advantages(
         centred = centred / (_std(r, None, unbiased) + eps)
     advantages = centred.masked_fill(zero_variance.unsqueeze(1), 0.0)  # exact zeros, never NaN
     return GroupAdvantages(advantages.reshape(-1), zero_variance)
+
+
+def rloo_advantages(rewards: Sequence[float] | torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO's leave-one-out baseline (Ahmadian et al. 2024, "Back to Basics", arXiv:2402.14740):
+    each completion is judged against the mean of the *other* G - 1 in its group,
+
+    .. math::  A_i = r_i - \\frac{1}{G-1}\\sum_{j \\ne i} r_j = \\frac{G}{G-1}\\,(r_i - \\bar r),
+
+    so it is GRPO's centring without the std division, scaled by G / (G - 1). The baseline of
+    completion i does not depend on r_i, which makes the policy-gradient estimate unbiased.
+
+    Args:
+        rewards: (P*G,) each prompt's G completions consecutive.
+        group_size: G >= 2 (one completion has no others to compare with).
+    Returns:
+        (P*G,) advantages in the order of the rewards.
+    """
+    r = torch.as_tensor(rewards).float()
+    if group_size < 2 or r.ndim != 1 or r.numel() % group_size:
+        raise ValueError(f"need a flat vector whose length is a multiple of group_size >= 2; got {tuple(r.shape)}")
+    groups = r.view(-1, group_size)  # (P, G)
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)  # (P, G) mean of the other G - 1
+    return (groups - others).reshape(-1)
+
+
+def kl_in_reward(
+    rewards: Sequence[float] | torch.Tensor,
+    sequence_kl: Sequence[float] | torch.Tensor,
+    group_size: int,
+    beta: float,
+    scale: Scale = "group",
+) -> torch.Tensor:
+    """Advantages when the KL to the reference is charged in the *reward*, as PPO-style RLHF does
+    (InstructGPT: r_i - beta * KL_i, KL_i summed over the completion's tokens), instead of being
+    added to the *loss* per token, as GRPO does (``losses.kl_penalty``).
+
+    In the reward, the KL goes through the group's centring: a KL that is the same for every
+    completion of a group cancels, and only a completion that drifted further than its siblings
+    is penalised (and, with std scaling, by an amount relative to the group's spread).
+
+    Args:
+        rewards, sequence_kl: (P*G,) per completion, each prompt's G consecutive.
+    Returns:
+        (P*G,) :func:`group_advantages` of ``rewards - beta * sequence_kl``.
+    """
+    penalised = torch.as_tensor(rewards).float() - beta * torch.as_tensor(sequence_kl).float()
+    return group_advantages(penalised, group_size, scale=scale).advantages

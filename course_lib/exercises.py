@@ -21,6 +21,8 @@ import torch
 from course_lib.advantages import group_advantages
 from course_lib.evaluation import pass_at_k
 from course_lib.losses import clipped_surrogate, kl_k3, log_odds
+from course_lib.rewards import overlong_penalty
+from course_lib.train.rejection_sampling import SampledPool, sft_records
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,32 @@ def _log_odds_cases() -> list[Case]:
     ]
 
 
+def _overlong_cases() -> list[Case]:
+    return [
+        Case("length 100, max 160, buffer 40 (well inside: 0)", (100, 160, 40)),
+        Case("length 120 = max - buffer (the last free length: 0)", (120, 160, 40)),
+        Case("length 140, halfway into the buffer (-0.5)", (140, 160, 40)),
+        Case("length 160 = max (-1)", (160, 160, 40)),
+        Case("length 300, past the budget (-1, not less)", (300, 160, 40)),
+    ]
+
+
+def _reference_keep(texts: list[str], correct: list[bool], dedup: bool, cap: int | None) -> list[str]:
+    pool = SampledPool([{}], ["prompt"], [list(texts)], [list(correct)])
+    return [row["completion"] for row in sft_records(pool, dedup=dedup, max_per_question=cap)]
+
+
+def _keep_cases() -> list[Case]:
+    texts = ["c", "b", "c", "a", "d", "a", "e"]
+    correct = [True, False, True, True, True, True, False]
+    return [
+        Case("dedup on, no cap", (texts, correct, True, None)),
+        Case("dedup on, cap 2 (dedup first, then the first 2 in sampling order)", (texts, correct, True, 2)),
+        Case("dedup off, cap 3", (texts, correct, False, 3)),
+        Case("no correct sample (nothing kept)", (texts, [False] * 7, True, 4)),
+    ]
+
+
 EXERCISES: dict[str, Exercise] = {
     "group_advantages": Exercise(
         "group_advantages(rewards: (N,) tensor, group_size: int) -> (N,) tensor",
@@ -138,6 +166,14 @@ EXERCISES: dict[str, Exercise] = {
     "k3": Exercise("k3(logps: (B, T), ref_logps: (B, T)) -> (B, T)", kl_k3, _k3_cases),
     "pass_at_k": Exercise("pass_at_k(n: int, c: int, k: int) -> float", pass_at_k, _pass_at_k_cases, atol=1e-9),
     "log_odds": Exercise("log_odds(mean_logp: (B,) tensor) -> (B,) tensor", log_odds, _log_odds_cases, atol=1e-4),
+    "overlong_penalty": Exercise(
+        "overlong_penalty(length: int, max_length: int, buffer: int) -> float", overlong_penalty, _overlong_cases
+    ),
+    "keep": Exercise(
+        "keep(texts: list[str], correct: list[bool], dedup: bool, cap: int | None) -> list[str]",
+        _reference_keep,
+        _keep_cases,
+    ),
 }
 
 
@@ -171,6 +207,8 @@ def _copies(args: tuple) -> tuple:
 
 def _difference(got, expected, atol: float) -> str | None:
     """None when ``got`` matches ``expected``; else what differs, in words."""
+    if isinstance(expected, list):
+        return None if got == expected else f"expected {expected}, got {got}"
     if not isinstance(expected, torch.Tensor):
         if not isinstance(got, (int, float)) and not (isinstance(got, torch.Tensor) and got.numel() == 1):
             return f"expected a number, got {type(got).__name__}"

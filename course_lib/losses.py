@@ -217,6 +217,20 @@ def clipped_surrogate(
     return -torch.min(ratio * advantages, clipped * advantages)
 
 
+def sequence_ratio(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GSPO's importance ratio, one per completion (Zheng et al. 2025, "Group Sequence Policy
+    Optimization", arXiv:2507.18071): the geometric mean of its token ratios,
+
+    .. math::  s_i = \\Big(\\frac{\\pi_\\theta(y_i\\mid x)}{\\pi_\\text{old}(y_i\\mid x)}\\Big)^{1/|y_i|}
+               = \\exp\\Big(\\frac{1}{|y_i|}\\sum_t \\log\\frac{\\pi_\\theta(y_{i,t})}{\\pi_\\text{old}(y_{i,t})}\\Big).
+
+    GSPO clips s_i, so a completion is kept or clipped as a whole, where GRPO clips each token's
+    own ratio (one outlying token is clipped alone). Shapes: (B, T) each -> (B,).
+    """
+    log_ratio = (logps - old_logps) * mask  # (B, T), 0 on padding
+    return torch.exp(log_ratio.sum(dim=1) / mask.sum(dim=1).clamp(min=1))  # (B,)
+
+
 def kl_penalty(logps: torch.Tensor, ref_logps: torch.Tensor, ratio: torch.Tensor | None = None) -> torch.Tensor:
     """The KL term of l_it: k3(pi || pi_ref) per token, times r_it when ``ratio`` is given.
 

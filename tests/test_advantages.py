@@ -125,3 +125,32 @@ def test_equals_trl_grpo_trainer(trl_scorer, scale):
         torch.testing.assert_close(ours.advantages, theirs)
         if scale != "batch":  # with batch scaling TRL's flag looks at the batch std instead
             assert ours.zero_variance.float().mean().item() == pytest.approx(frac_zero_std)
+
+
+def test_rloo_is_the_leave_one_out_baseline_and_gg1_times_the_centred_reward():
+    from course_lib.advantages import rloo_advantages
+
+    rewards = torch.tensor([1.0, 0.0, 0.0, 2.0, 0.5, 0.5, 1.5, 0.0])
+    got = rloo_advantages(rewards, 4)
+    brute = torch.tensor(
+        [
+            float(rewards[i] - torch.cat([rewards[g * 4 : i], rewards[i + 1 : g * 4 + 4]]).mean())
+            for g in (0, 1)
+            for i in range(g * 4, g * 4 + 4)
+        ]
+    )
+    torch.testing.assert_close(got, brute)
+    torch.testing.assert_close(got, 4 / 3 * group_advantages(rewards, 4, scale="none").advantages)
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        rloo_advantages(rewards, 1)
+
+
+def test_a_kl_charged_in_the_reward_cancels_within_a_group_when_it_is_the_same():
+    from course_lib.advantages import kl_in_reward
+
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    same = kl_in_reward(rewards, torch.full((4,), 5.0), 4, beta=0.1)
+    torch.testing.assert_close(same, group_advantages(rewards, 4).advantages)  # a shared KL moves nothing
+    drifted = kl_in_reward(rewards, torch.tensor([0.0, 0.0, 9.0, 0.0]), 4, beta=0.1, scale="none")
+    assert drifted[2] < drifted[0]  # the right answer that drifted further gets less than its twin
+    torch.testing.assert_close(drifted.sum(), torch.tensor(0.0))  # still centred

@@ -48,6 +48,11 @@ PLANTED = [  # (exercise, a common mistake, words the explanation must contain)
     ("pass_at_k", _pass_at_k_as_text_when_certain, "always 1): expected a number"),
     ("log_odds", lambda ell: ell - torch.log(1 - torch.exp(ell)), "almost certain"),  # unstable log(1 - p)
     ("log_odds", lambda ell: ell - torch.log1p(-ell), "ordinary"),  # log(1 - log p): mixes up p and log p
+    ("overlong_penalty", lambda n, m, b: 0.0 if n <= m - b else max(-1.0, (m - n) / b), "halfway into the buffer"),
+    ("overlong_penalty", lambda n, m, b: 0.0 if n <= m - b else (m - b - n) / b, "past the budget"),  # no floor
+    ("keep", lambda t, c, d, cap: sorted(set(x for x, ok in zip(t, c) if ok))[:cap], "dedup on, no cap"),  # order lost
+    ("keep", lambda t, c, d, cap: list(dict.fromkeys([x for x, ok in zip(t, c) if ok][:cap])), "cap 2"),  # cap first
+    ("keep", lambda t, c, d, cap: list(dict.fromkeys(t))[:cap], "dedup on, no cap"),  # keeps the wrong ones too
 ]
 
 

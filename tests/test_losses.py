@@ -216,3 +216,13 @@ def test_dropping_zero_variance_groups_rescales_the_gradient_by_the_token_ratio(
     assert scale["gradient_ratio"] == pytest.approx(scale["token_ratio"], rel=1e-4)
     with pytest.raises(ValueError, match="every group"):
         zero_variance_filter_scale(model, tokenizer, samples, advantages * 0, torch.ones(3, dtype=torch.bool))
+
+
+def test_gspos_sequence_ratio_is_the_geometric_mean_of_the_token_ratios():
+    from course_lib.losses import sequence_ratio
+
+    logps = torch.log(torch.tensor([[0.5, 0.2, 0.9], [0.3, 0.3, 0.0]]).clamp(min=1e-9))
+    old = torch.log(torch.tensor([[0.25, 0.4, 0.9], [0.1, 0.3, 0.5]]))
+    mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])
+    expected = torch.tensor([(2.0 * 0.5 * 1.0) ** (1 / 3), (3.0 * 1.0) ** (1 / 2)])
+    torch.testing.assert_close(sequence_ratio(logps, old, mask), expected)

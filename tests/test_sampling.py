@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from course_lib.data import pocket_math
-from course_lib.losses import completion_logprobs
+from course_lib.losses import completion_logprobs, samples_logprobs
 from course_lib.prompts import format_prompt
 from course_lib.sampling import sample
 
@@ -45,17 +45,8 @@ def test_logprobs_match_a_forward_pass(pocket):
     model, tok = pocket
     prompts = _prompts(tok, 2)
     out = sample(model, tok, prompts, n=2, temperature=0.7, max_new_tokens=80, seed=1)
-    enc = tok(
-        [prompts[i] for i in out.prompt_index],
-        return_tensors="pt",
-        padding=True,
-        add_special_tokens=False,
-        padding_side="left",
-    )
     with torch.no_grad():
-        recomputed = completion_logprobs(
-            model, enc["input_ids"], enc["attention_mask"], out.completion_ids, out.completion_mask, temperature=0.7
-        )
+        recomputed = samples_logprobs(model, tok, out, temperature=0.7)  # one forward over prompt + completion
     torch.testing.assert_close(recomputed, out.logprobs, atol=1e-4, rtol=1e-4)
 
 
@@ -446,17 +437,8 @@ def test_a_model_patched_by_unsloth_samples_through_generate(pocket, caplog, mon
         drawn = sample(patched, tok, prompts, n=3, temperature=0.8, max_new_tokens=150, seed=1)
     assert greedy.texts == sample(model, tok, prompts, n=1, temperature=0, max_new_tokens=150).texts
     assert drawn.texts == sample(patched, tok, prompts, n=3, temperature=0.8, max_new_tokens=150, seed=1).texts
-    enc = tok(
-        [prompts[i] for i in drawn.prompt_index],
-        return_tensors="pt",
-        padding=True,
-        add_special_tokens=False,
-        padding_side="left",
-    )
     with torch.no_grad():
-        recomputed = completion_logprobs(
-            model, enc["input_ids"], enc["attention_mask"], drawn.completion_ids, drawn.completion_mask, temperature=0.8
-        )
+        recomputed = samples_logprobs(model, tok, drawn, temperature=0.8)  # the unpatched model's forward
     torch.testing.assert_close(recomputed, drawn.logprobs, atol=1e-4, rtol=1e-4)
     for ids, length in zip(drawn.completion_ids, drawn.lengths):
         assert (ids[: length - 1] != tok.eos_token_id).all()

@@ -42,3 +42,19 @@ def log_odds(mean_logp: torch.Tensor) -> torch.Tensor:
     near_one = mean_logp > -math.log(2)
     log_1m_p = torch.where(near_one, torch.log(-torch.expm1(mean_logp)), torch.log1p(-torch.exp(mean_logp)))
     return mean_logp - log_1m_p
+
+
+def overlong_penalty(length: int, max_length: int, buffer: int) -> float:
+    """Lesson 02: DAPO's soft overlong penalty: 0 up to max - buffer, then linear down to -1 at max, -1 beyond."""
+    free = max_length - buffer
+    if length <= free:
+        return 0.0
+    return max(-1.0, (free - length) / buffer)
+
+
+def keep(texts: list[str], correct: list[bool], dedup: bool, cap: int | None) -> list[str]:
+    """Lesson 07: the correct completions of one question, first copies only if dedup, at most cap, in order."""
+    kept = [t for t, ok in zip(texts, correct) if ok]
+    if dedup:
+        kept = list(dict.fromkeys(kept))  # keeps the first of each, in sampling order
+    return kept if cap is None else kept[:cap]
