@@ -20,7 +20,7 @@ import torch
 
 from course_lib.advantages import group_advantages
 from course_lib.evaluation import pass_at_k
-from course_lib.losses import clipped_surrogate, kl_k3, log_odds
+from course_lib.losses import aggregate, clipped_surrogate, kl_k3, log_odds
 from course_lib.rewards import overlong_penalty
 from course_lib.train.rejection_sampling import SampledPool, sft_records
 
@@ -126,6 +126,22 @@ def _log_odds_cases() -> list[Case]:
     ]
 
 
+def _aggregate_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(3)
+    loss = torch.randn(3, 6, generator=g)
+    mask = torch.tensor([[1.0, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]])  # lengths 6, 2, 3
+    return [
+        Case("loss_type 'grpo' (a mean per completion, then over completions)", (loss, mask, "grpo", 6)),
+        Case("loss_type 'dapo' (one mean over every real token of the batch)", (loss, mask, "dapo", 6)),
+        Case("loss_type 'dr_grpo' (a constant: completions x max_completion_length)", (loss, mask, "dr_grpo", 8)),
+        Case("padding holds garbage (it must not count)", (loss.masked_fill(mask == 0, 1e3), mask, "dapo", 6)),
+    ]
+
+
+def _reference_aggregate(loss, mask, loss_type, max_completion_length):
+    return aggregate(loss, mask, loss_type, max_completion_length=max_completion_length)
+
+
 def _overlong_cases() -> list[Case]:
     return [
         Case("length 100, max 160, buffer 40 (well inside: 0)", (100, 160, 40)),
@@ -166,6 +182,11 @@ EXERCISES: dict[str, Exercise] = {
     "k3": Exercise("k3(logps: (B, T), ref_logps: (B, T)) -> (B, T)", kl_k3, _k3_cases),
     "pass_at_k": Exercise("pass_at_k(n: int, c: int, k: int) -> float", pass_at_k, _pass_at_k_cases, atol=1e-9),
     "log_odds": Exercise("log_odds(mean_logp: (B,) tensor) -> (B,) tensor", log_odds, _log_odds_cases, atol=1e-4),
+    "aggregate": Exercise(
+        "aggregate(per_token_loss: (B, T), mask: (B, T), loss_type: str, max_completion_length: int) -> scalar",
+        _reference_aggregate,
+        _aggregate_cases,
+    ),
     "overlong_penalty": Exercise(
         "overlong_penalty(length: int, max_length: int, buffer: int) -> float", overlong_penalty, _overlong_cases
     ),

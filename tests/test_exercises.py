@@ -32,6 +32,13 @@ def _nan_for_flat_groups(rewards, group_size):
     return ((groups - groups.mean(1, keepdim=True)) / groups.std(1, keepdim=True)).reshape(-1)
 
 
+def _aggregate_with_real_lengths_for_dr_grpo(loss, mask, kind, max_length):
+    masked = loss * mask
+    if kind == "grpo":
+        return (masked.sum(1) / mask.sum(1)).mean()
+    return masked.sum() / mask.sum()  # dr_grpo divided by the real token count: its length bias is back
+
+
 def _pass_at_k_as_text_when_certain(n, c, k):
     return 1 - math.comb(n - c, k) / math.comb(n, k) if k <= n - c else "1"
 
@@ -49,6 +56,9 @@ PLANTED = [  # (exercise, a common mistake, words the explanation must contain)
     ("log_odds", lambda ell: ell - torch.log(1 - torch.exp(ell)), "almost certain"),  # unstable log(1 - p)
     ("log_odds", lambda ell: ell - torch.log1p(-ell), "ordinary"),  # log(1 - log p): mixes up p and log p
     ("overlong_penalty", lambda n, m, b: 0.0 if n <= m - b else max(-1.0, (m - n) / b), "halfway into the buffer"),
+    ("aggregate", lambda loss, mask, kind, L: (loss * mask).sum() / mask.sum(), "'grpo'"),  # one rule for all
+    ("aggregate", lambda loss, mask, kind, L: loss.mean(), "'dapo'"),  # padding counted
+    ("aggregate", _aggregate_with_real_lengths_for_dr_grpo, "'dr_grpo'"),
     ("overlong_penalty", lambda n, m, b: 0.0 if n <= m - b else (m - b - n) / b, "past the budget"),  # no floor
     ("keep", lambda t, c, d, cap: sorted(set(x for x, ok in zip(t, c) if ok))[:cap], "dedup on, no cap"),  # order lost
     ("keep", lambda t, c, d, cap: list(dict.fromkeys([x for x, ok in zip(t, c) if ok][:cap])), "cap 2"),  # cap first

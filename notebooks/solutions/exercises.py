@@ -58,3 +58,13 @@ def keep(texts: list[str], correct: list[bool], dedup: bool, cap: int | None) ->
     if dedup:
         kept = list(dict.fromkeys(kept))  # keeps the first of each, in sampling order
     return kept if cap is None else kept[:cap]
+
+
+def aggregate(per_token_loss, mask, loss_type: str, max_completion_length: int) -> torch.Tensor:
+    """Lesson 06: the four ways TRL reduces per-token losses (B, T) to one number."""
+    masked = per_token_loss * mask  # padding contributes nothing, whatever it holds
+    if loss_type == "grpo":
+        return (masked.sum(dim=1) / mask.sum(dim=1)).mean()  # each completion weighs the same
+    if loss_type == "dr_grpo":
+        return masked.sum() / (per_token_loss.shape[0] * max_completion_length)
+    return masked.sum() / mask.sum()  # bnpo, dapo: every real token weighs the same
