@@ -94,6 +94,18 @@ def kl_estimator_table(
     return pd.DataFrame(rows)
 
 
+def kl_estimator_samples(shift: float, vocab: int = 10, n_samples: int = 4096, seed: int = 0) -> dict:
+    """Per-token values of k1, k2 and k3 at one ``shift`` (as in :func:`kl_estimator_table`: pi_ref's
+    logits are pi's plus ``shift`` x noise), tokens drawn from pi; ``{"exact": KL, "k1": (n,), ...}``."""
+    gen = torch.Generator().manual_seed(seed)
+    logits, noise = torch.randn(vocab, generator=gen), torch.randn(vocab, generator=gen)
+    logp = torch.log_softmax(logits, dim=0)
+    ref = torch.log_softmax(logits + shift * noise, dim=0)
+    tokens = torch.multinomial(logp.exp(), n_samples, replacement=True, generator=gen)
+    values = {name: estimator(logp[tokens], ref[tokens]) for name, estimator in KL_ESTIMATORS.items()}
+    return {"exact": float((logp.exp() * (logp - ref)).sum()), **values}
+
+
 def kl_gradient_table(vocab: int = 6, seed: int = 0) -> pd.DataFrame:
     """Which KL does the k3 penalty's gradient follow? Exactly, on a small categorical.
 

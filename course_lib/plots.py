@@ -189,6 +189,23 @@ def component_shares(table, components: tuple[str, ...], by: str = "correct") ->
     return fig
 
 
+def kl_estimator_spread(samples: dict, shift: float) -> go.Figure:
+    """Box plots of k1, k2, k3 per token at one shift, with the exact KL as a line, from
+    :func:`course_lib.analysis.kl_estimator_samples`."""
+    names = [n for n in samples if n != "exact"]
+    fig = go.Figure()
+    for name in names:
+        fig.add_box(y=samples[name].numpy(), name=name, boxmean=True)
+    fig.add_scatter(x=names, y=[samples["exact"]] * len(names), mode="lines", name="exact KL", line={"dash": "dash"})
+    means = ", ".join(f"{n} {float(samples[n].mean()):.3f}" for n in names)
+    fig.update_layout(
+        title=f"shift {shift:.2f}: exact KL {samples['exact']:.3f}; means {means}",
+        yaxis_title="estimate per token",
+        height=380,
+    )
+    return fig
+
+
 def kl_estimators(table) -> go.Figure:
     """Mean (with +-1 std band as error bars) of k1, k2, k3 against the exact KL, from
     :func:`course_lib.analysis.kl_estimator_table`."""

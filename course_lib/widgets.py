@@ -12,10 +12,10 @@ import torch
 
 from course_lib import memory
 from course_lib.advantages import group_advantages
-from course_lib.analysis import paired_table
+from course_lib.analysis import kl_estimator_samples, paired_table
 from course_lib.evaluation import paired_difference
 from course_lib.losses import orpo_loss
-from course_lib.plots import advantage_bars, clip_objective, memory_bar, odds_vs_probability
+from course_lib.plots import advantage_bars, clip_objective, kl_estimator_spread, memory_bar, odds_vs_probability
 from course_lib.prompts import format_prompt
 from course_lib.rewards import (
     EXAMPLE_COMPLETIONS,
@@ -235,6 +235,23 @@ def clip_explorer():
     for control in (low, high):
         control.observe(redraw, "value")
     return w.VBox([w.HBox([low, high]), figure])
+
+
+def kl_explorer():
+    """A slider for how far pi_ref is from pi: each estimator's per-token values (k1, k2, k3) against
+    the exact KL. k1 is unbiased but often negative; k2 is biased; k3 is unbiased and never negative."""
+    shift = w.FloatSlider(0.5, min=0.0, max=3.0, step=0.1, description="shift", continuous_update=False)
+    figure = go.FigureWidget(kl_estimator_spread(kl_estimator_samples(shift.value), shift.value))
+
+    def redraw(_=None):
+        new = kl_estimator_spread(kl_estimator_samples(shift.value), shift.value)
+        with figure.batch_update():
+            for trace, fresh in zip(figure.data, new.data):
+                trace.y = fresh.y
+            figure.layout.title = new.layout.title
+
+    shift.observe(redraw, "value")
+    return w.VBox([shift, figure])
 
 
 def orpo_pair_view(p_chosen: float, p_rejected: float, beta: float = 0.1) -> dict[str, float]:

@@ -199,3 +199,18 @@ def test_yield_per_round_draws_each_run():
     table = pd.DataFrame({"solved_share": [0.8, 0.9], "correct_share": [0.4, 0.5], "kept": [120, 150]}, index=[1, 2])
     fig = plots.yield_per_round({"self": table, "teacher": table})
     assert len(fig.data) == 6 and list(fig.data[2].y) == [120, 150]
+
+
+def test_the_kl_explorer_redraws_the_three_estimators_at_the_new_shift():
+    from course_lib.analysis import kl_estimator_samples
+    from course_lib.widgets import kl_explorer
+
+    box = kl_explorer()
+    shift, figure = box.children
+    before = list(figure.data[2].y)
+    shift.value = 2.0
+    expected = kl_estimator_samples(2.0)
+    assert f"exact KL {expected['exact']:.3f}" in figure.layout.title.text and "shift 2.00" in figure.layout.title.text
+    assert list(figure.data[2].y) != before and min(figure.data[2].y) >= 0  # k3 never negative
+    assert min(figure.data[0].y) < 0  # k1 is, on some tokens
+    assert abs(float(expected["k3"].mean()) - expected["exact"]) < 0.1 * expected["exact"] + 0.02  # unbiased
