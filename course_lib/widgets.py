@@ -27,6 +27,7 @@ from course_lib.rewards import (
     reward_breakdown,
 )
 from course_lib.sampling import sample
+from course_lib.train.rejection_sampling import SampledPool, pool_yield, sft_records
 
 
 def render_samples(problem: dict, texts: list[str]) -> str:
@@ -252,6 +253,39 @@ def kl_explorer():
 
     shift.observe(redraw, "value")
     return w.VBox([shift, figure])
+
+
+def yield_view(pool: SampledPool, k: int, dedup: bool, cap: int | None) -> str:
+    """What the rejection-sampling filter keeps of ``pool``'s first ``k`` samples per question, as HTML."""
+    smaller = pool.first(k)
+    records = sft_records(smaller, dedup=dedup, max_per_question=cap)
+    y = pool_yield(smaller, records)
+    rows = [
+        ("samples drawn", y["samples"]),
+        ("correct", f"{y['correct']} ({y['correct_share']:.0%})"),
+        ("questions solved (the only ones that give rows)", f"{y['solved']} of {y['questions']}"),
+        ("distinct correct completions", y["distinct"]),
+        ("rows kept for SFT", y["kept"]),
+    ]
+    body = "".join(f"<tr><td>{html.escape(name)}</td><td><b>{value}</b></td></tr>" for name, value in rows)
+    return f"<table>{body}</table>"
+
+
+def yield_explorer(pool: SampledPool):
+    """Sliders for k (samples per question), dedup and the cap per question over a sampled pool:
+    how many SFT rows the filter keeps (lesson 07)."""
+    k = w.IntSlider(pool.k, min=1, max=pool.k, description="k", continuous_update=False)
+    dedup = w.Checkbox(True, description="drop duplicates")
+    cap = w.IntSlider(0, min=0, max=pool.k, description="cap (0: none)", continuous_update=False)
+    out = w.HTML()
+
+    def show(_=None):
+        out.value = yield_view(pool, k.value, dedup.value, cap.value or None)
+
+    for control in (k, dedup, cap):
+        control.observe(show, "value")
+    show()
+    return w.VBox([w.HBox([k, dedup, cap]), out])
 
 
 def orpo_pair_view(p_chosen: float, p_rejected: float, beta: float = 0.1) -> dict[str, float]:

@@ -214,3 +214,27 @@ def test_the_kl_explorer_redraws_the_three_estimators_at_the_new_shift():
     assert list(figure.data[2].y) != before and min(figure.data[2].y) >= 0  # k3 never negative
     assert min(figure.data[0].y) < 0  # k1 is, on some tokens
     assert abs(float(expected["k3"].mean()) - expected["exact"]) < 0.1 * expected["exact"] + 0.02  # unbiased
+
+
+def test_the_yield_explorer_counts_what_the_filter_keeps():
+    from course_lib.train.rejection_sampling import SampledPool, sft_records
+    from course_lib.widgets import yield_explorer
+
+    pool = SampledPool(
+        [{"question": "q1"}, {"question": "q2"}],
+        ["p1", "p2"],
+        [["a", "a", "b", "c"], ["x", "y", "y", "z"]],
+        [[True, True, True, False], [False, True, True, True]],
+    )
+    box = yield_explorer(pool)
+    (k, dedup, cap), out = box.children[0].children, box.children[1]
+    def kept() -> str:
+        return out.value.split("rows kept for SFT</td><td><b>")[1].split("<")[0]
+
+    assert kept() == "4"  # dedup, no cap: a, b, y, z
+    cap.value = 1
+    assert kept() == "2" == str(len(sft_records(pool, dedup=True, max_per_question=1)))
+    cap.value, dedup.value = 0, False
+    assert kept() == "6"  # every correct sample
+    k.value = 1
+    assert "1 of 2" in out.value and kept() == "1"  # with one sample per question only q1 is solved

@@ -47,6 +47,11 @@ class SampledPool:
     def k(self) -> int:
         return len(self.texts[0]) if self.texts else 0
 
+    def first(self, k: int) -> SampledPool:
+        """The same questions with only their first ``k`` samples: what a smaller k would have drawn
+        (each completion's draws do not depend on how many were drawn beside it)."""
+        return SampledPool(self.problems, self.prompts, [t[:k] for t in self.texts], [c[:k] for c in self.correct])
+
     def solved(self) -> int:
         """Questions with at least one correct sample: the only ones that yield SFT data."""
         return sum(any(c) for c in self.correct)
