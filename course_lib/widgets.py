@@ -15,7 +15,14 @@ from course_lib.advantages import group_advantages
 from course_lib.analysis import kl_estimator_samples, paired_table
 from course_lib.evaluation import paired_difference
 from course_lib.losses import orpo_loss
-from course_lib.plots import advantage_bars, clip_objective, kl_estimator_spread, memory_bar, odds_vs_probability
+from course_lib.plots import (
+    advantage_bars,
+    clip_objective,
+    kl_estimator_spread,
+    memory_bar,
+    odds_vs_probability,
+    token_weights,
+)
 from course_lib.prompts import format_prompt
 from course_lib.rewards import (
     EXAMPLE_COMPLETIONS,
@@ -286,6 +293,37 @@ def yield_explorer(pool: SampledPool):
         control.observe(show, "value")
     show()
     return w.VBox([w.HBox([k, dedup, cap]), out])
+
+
+def aggregation_explorer(max_completion_length: int = 160):
+    """Sliders for the lengths of two completions with the same advantage: the weight of one of
+    their tokens under each loss_type, and the total push each completion gets (weight x length)."""
+    short = w.IntSlider(10, min=1, max=max_completion_length, description="|o_1|", continuous_update=False)
+    long = w.IntSlider(50, min=1, max=max_completion_length, description="|o_2|", continuous_update=False)
+    figure = go.FigureWidget(token_weights([short.value, long.value], max_completion_length))
+    out = w.HTML()
+
+    def redraw(_=None):
+        lengths = [short.value, long.value]
+        new = token_weights(lengths, max_completion_length)
+        with figure.batch_update():
+            for trace, fresh in zip(figure.data, new.data):
+                trace.x, trace.y = fresh.x, fresh.y
+        rows = "".join(
+            f"<tr><td>{html.escape(t.name)}</td>"
+            + "".join(f"<td>{weight * n:.3f}</td>" for weight, n in zip(t.y, lengths))
+            + f"<td><b>{(t.y[1] * lengths[1]) / (t.y[0] * lengths[0]):.2f}</b></td></tr>"
+            for t in new.data
+        )
+        out.value = (
+            "<table><tr><th>loss_type</th><th>total push on o_1</th><th>on o_2</th><th>o_2 / o_1</th></tr>"
+            f"{rows}</table>"
+        )
+
+    for control in (short, long):
+        control.observe(redraw, "value")
+    redraw()
+    return w.VBox([w.HBox([short, long]), figure, out])
 
 
 def orpo_pair_view(p_chosen: float, p_rejected: float, beta: float = 0.1) -> dict[str, float]:

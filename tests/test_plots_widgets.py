@@ -228,6 +228,7 @@ def test_the_yield_explorer_counts_what_the_filter_keeps():
     )
     box = yield_explorer(pool)
     (k, dedup, cap), out = box.children[0].children, box.children[1]
+
     def kept() -> str:
         return out.value.split("rows kept for SFT</td><td><b>")[1].split("<")[0]
 
@@ -238,3 +239,15 @@ def test_the_yield_explorer_counts_what_the_filter_keeps():
     assert kept() == "6"  # every correct sample
     k.value = 1
     assert "1 of 2" in out.value and kept() == "1"  # with one sample per question only q1 is solved
+
+
+def test_the_aggregation_explorer_shows_the_length_bias_of_each_loss_type():
+    from course_lib.widgets import aggregation_explorer
+
+    box = aggregation_explorer(max_completion_length=100)
+    (short, long), figure, out = box.children[0].children, box.children[1], box.children[2]
+    short.value, long.value = 10, 40
+    grpo, dapo, _dr = (list(t.y) for t in figure.data)
+    assert grpo == pytest.approx([1 / 20, 1 / 80]) and dapo == pytest.approx([1 / 50, 1 / 50])
+    ratios = [cell.split("</b>")[0] for cell in out.value.split("<b>")[1:]]
+    assert ratios == ["1.00", "4.00", "4.00"]  # grpo: the same total push whatever the length; token-level: 4x
