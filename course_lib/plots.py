@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+
+import ipywidgets as w
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from IPython.display import clear_output, display
 from plotly.subplots import make_subplots
 
 from course_lib.advantages import group_advantages
@@ -71,12 +77,90 @@ def accuracy_by_steps(per_problem, steps: list[int], metric: str = "per_sample_a
     return fig
 
 
-def training_curves(keys: tuple[str, ...] = ("loss",), title: str = "Training", cols: int = 3) -> go.FigureWidget:
+FIGURE_MODES = ("widget", "static")
+
+
+def figure_mode() -> str:
+    """How live figures draw: ``"widget"`` (a plotly ``FigureWidget``, updated in place) or
+    ``"static"`` (a plain figure re-drawn into an ``ipywidgets.Output``), for front ends that do
+    not show ``FigureWidget`` (Colab, VS Code without the plotly extension). ``COURSE_FIGURES``
+    forces one; otherwise static in Colab and VS Code, widget elsewhere."""
+    forced = os.environ.get("COURSE_FIGURES", "").strip().lower()
+    if forced and forced not in FIGURE_MODES:
+        raise ValueError(f"COURSE_FIGURES={forced!r}: use one of {', '.join(FIGURE_MODES)} (or leave it unset)")
+    if forced:
+        return forced
+    return "static" if "google.colab" in sys.modules or "VSCODE_PID" in os.environ else "widget"
+
+
+class StaticFigure(w.Output):
+    """A plain plotly figure shown in an ``ipywidgets.Output`` and drawn again after each change.
+
+    It answers the part of ``FigureWidget``'s interface the course's explorers and live curves
+    use: ``data`` and ``layout`` (the figure's own, assign to them), ``batch_update()`` (redraw
+    once when the block ends) and ``add_scatter`` / ``update_layout``. ``draws`` counts redraws.
+    """
+
+    def __init__(self, figure: go.Figure | None = None):
+        super().__init__()
+        self.figure = go.Figure(figure) if figure is not None else go.Figure()
+        self.draws = 0
+        self.redraw()
+
+    @property
+    def data(self):
+        return self.figure.data
+
+    @data.setter
+    def data(self, traces) -> None:
+        self.figure.data = traces
+
+    @property
+    def layout(self):
+        return self.figure.layout
+
+    @layout.setter
+    def layout(self, layout) -> None:
+        self.figure.layout = layout
+
+    def add_scatter(self, *args, **kwargs):
+        return self.figure.add_scatter(*args, **kwargs)
+
+    def add_traces(self, *args, **kwargs):
+        return self.figure.add_traces(*args, **kwargs)
+
+    def update_layout(self, *args, **kwargs):
+        return self.figure.update_layout(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def batch_update(self):
+        yield self
+        self.redraw()
+
+    def redraw(self) -> None:
+        with self:
+            clear_output(wait=True)
+            display(self.figure)
+        self.draws += 1
+
+
+def live_figure(figure: go.Figure | None = None, mode: str | None = None):
+    """A figure that can be updated in place, as :func:`figure_mode` says: a ``go.FigureWidget``
+    or a :class:`StaticFigure` (both take ``data[i].x = ...`` inside ``batch_update()``)."""
+    mode = mode or figure_mode()
+    if mode not in FIGURE_MODES:
+        raise ValueError(f"unknown figure mode {mode!r}; use one of {', '.join(FIGURE_MODES)}")
+    if mode == "static":
+        return StaticFigure(figure)
+    return go.FigureWidget(figure) if figure is not None else go.FigureWidget()
+
+
+def training_curves(keys: tuple[str, ...] = ("loss",), title: str = "Training", cols: int = 3):
     """An empty live figure with one subplot per logged key (``cols`` per row); fill it
     with :func:`append_point`."""
     cols = min(cols, len(keys))
     rows = -(-len(keys) // cols)
-    fig = go.FigureWidget(make_subplots(rows=rows, cols=cols, subplot_titles=keys))
+    fig = live_figure(make_subplots(rows=rows, cols=cols, subplot_titles=keys))
     for i, key in enumerate(keys):
         fig.add_scatter(
             x=[],
@@ -87,6 +171,8 @@ def training_curves(keys: tuple[str, ...] = ("loss",), title: str = "Training", 
             col=i % cols + 1,
         )
     fig.update_layout(title=title, showlegend=False, height=280 * rows + 40)
+    if isinstance(fig, StaticFigure):
+        fig.redraw()
     return fig
 
 
@@ -283,8 +369,8 @@ def token_weights(lengths: list[int], max_completion_length: int) -> go.Figure:
         "dr_grpo": [1 / (batch * max_completion_length)] * batch,
     }
     fig = go.Figure()
-    for name, w in weights.items():
-        fig.add_bar(x=[f"|o|={n}" for n in lengths], y=w, name=name)
+    for name, weight in weights.items():
+        fig.add_bar(x=[f"|o|={n}" for n in lengths], y=weight, name=name)
     fig.update_layout(
         barmode="group", title="Weight of one token, by completion length", yaxis_title="weight per token", height=340
     )

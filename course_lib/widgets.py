@@ -19,6 +19,7 @@ from course_lib.plots import (
     advantage_bars,
     clip_objective,
     kl_estimator_spread,
+    live_figure,
     memory_bar,
     odds_vs_probability,
     token_weights,
@@ -208,7 +209,7 @@ def advantage_explorer(max_group_size: int = 16):
             [s.value for s in sliders[: size.value]], scale.value, unbiased.value, eps.value, rest.value
         )
 
-    figure = go.FigureWidget(current())
+    figure = live_figure(current())
 
     def redraw(_=None):
         for i, slider in enumerate(sliders):
@@ -231,7 +232,7 @@ def clip_explorer():
     """Sliders for eps_low and eps_high (clip-higher) over the clipped-surrogate plot."""
     low = w.FloatSlider(0.2, min=0.0, max=0.5, step=0.01, description="ε_low", continuous_update=False)
     high = w.FloatSlider(0.2, min=0.0, max=0.5, step=0.01, description="ε_high", continuous_update=False)
-    figure = go.FigureWidget(clip_objective(low.value, high.value))
+    figure = live_figure(clip_objective(low.value, high.value))
 
     def redraw(_=None):
         new = clip_objective(low.value, high.value)
@@ -249,7 +250,7 @@ def kl_explorer():
     """A slider for how far pi_ref is from pi: each estimator's per-token values (k1, k2, k3) against
     the exact KL. k1 is unbiased but often negative; k2 is biased; k3 is unbiased and never negative."""
     shift = w.FloatSlider(0.5, min=0.0, max=3.0, step=0.1, description="shift", continuous_update=False)
-    figure = go.FigureWidget(kl_estimator_spread(kl_estimator_samples(shift.value), shift.value))
+    figure = live_figure(kl_estimator_spread(kl_estimator_samples(shift.value), shift.value))
 
     def redraw(_=None):
         new = kl_estimator_spread(kl_estimator_samples(shift.value), shift.value)
@@ -300,7 +301,7 @@ def aggregation_explorer(max_completion_length: int = 160):
     their tokens under each loss_type, and the total push each completion gets (weight x length)."""
     short = w.IntSlider(10, min=1, max=max_completion_length, description="|o_1|", continuous_update=False)
     long = w.IntSlider(50, min=1, max=max_completion_length, description="|o_2|", continuous_update=False)
-    figure = go.FigureWidget(token_weights([short.value, long.value], max_completion_length))
+    figure = live_figure(token_weights([short.value, long.value], max_completion_length))
     out = w.HTML()
 
     def redraw(_=None):
@@ -359,7 +360,7 @@ def odds_explorer():
     p_w = w.FloatSlider(0.6, min=0.01, max=0.99, step=0.01, description="p_chosen", continuous_update=False)
     p_l = w.FloatSlider(0.5, min=0.01, max=0.99, step=0.01, description="p_rejected", continuous_update=False)
     beta = w.FloatSlider(0.1, min=0.0, max=1.0, step=0.05, description="β (λ)", continuous_update=False)
-    figure = go.FigureWidget(odds_vs_probability(p_l.value))
+    figure = live_figure(odds_vs_probability(p_l.value))
     readout = w.HTML()
 
     def redraw(_=None):
@@ -424,7 +425,7 @@ def memory_planner():
     offload_par = w.Checkbox(False, description="offload weights")
     reference = w.Checkbox(False, description="reference model")
     readout = w.HTML()
-    figure = go.FigureWidget()
+    figure = live_figure()
 
     def redraw(_=None):
         try:

@@ -251,3 +251,42 @@ def test_the_aggregation_explorer_shows_the_length_bias_of_each_loss_type():
     assert grpo == pytest.approx([1 / 20, 1 / 80]) and dapo == pytest.approx([1 / 50, 1 / 50])
     ratios = [cell.split("</b>")[0] for cell in out.value.split("<b>")[1:]]
     assert ratios == ["1.00", "4.00", "4.00"]  # grpo: the same total push whatever the length; token-level: 4x
+
+
+@pytest.mark.parametrize("mode", ["widget", "static"])
+def test_explorers_and_live_curves_redraw_in_both_figure_modes(mode, monkeypatch):
+    """Where a front end cannot show a FigureWidget (Colab, VS Code), figures re-draw into an Output."""
+    import plotly.graph_objects as go
+
+    from course_lib.widgets import clip_explorer
+
+    monkeypatch.setenv("COURSE_FIGURES", mode)
+    box = clip_explorer()
+    (_low, high), figure = box.children[0].children, box.children[1]
+    assert isinstance(figure, go.FigureWidget if mode == "widget" else plots.StaticFigure)
+    draws = getattr(figure, "draws", 0)
+    high.value = 0.4
+    assert "ε_high = 0.4" in figure.layout.title.text and min(figure.data[2].x) > 1.4
+    if mode == "static":
+        assert figure.draws == draws + 1  # drawn again, once, for the one change
+    curves = plots.LiveCurves(("reward", "loss"))
+    curves({"step": 1, "reward": 0.5, "loss": 0.1})
+    curves({"step": 2, "reward": 0.7})
+    assert curves.values("reward") == [0.5, 0.7] and curves.values("loss") == [0.1]
+    assert isinstance(curves.figure, go.FigureWidget if mode == "widget" else plots.StaticFigure)
+
+
+def test_the_figure_mode_is_chosen_by_the_front_end_and_can_be_forced(monkeypatch):
+    import sys
+
+    monkeypatch.delenv("COURSE_FIGURES", raising=False)
+    monkeypatch.delenv("VSCODE_PID", raising=False)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert plots.figure_mode() == "widget"
+    monkeypatch.setitem(sys.modules, "google.colab", object())
+    assert plots.figure_mode() == "static"  # Colab does not render FigureWidget
+    monkeypatch.setenv("COURSE_FIGURES", "widget")
+    assert plots.figure_mode() == "widget"
+    monkeypatch.setenv("COURSE_FIGURES", "svg")
+    with pytest.raises(ValueError, match="COURSE_FIGURES"):
+        plots.figure_mode()
