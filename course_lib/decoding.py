@@ -132,7 +132,6 @@ class Decoder:
         prompts, kv_heads, _, head_dim = prompt_keys[0].shape
         rows = prompts * group_size
         self.slots = torch.arange(rows, device=prompt_mask.device)  # (B,) each row's place in the P x G grid
-        self.full = True  # every slot of the grid still has its row: no scatter or gather needed
         shape = (rows, kv_heads, max_new_tokens, head_dim)
         self.own_keys = [k.new_empty(shape) for k in prompt_keys]  # per layer (B, H_kv, T, D), filled as it goes
         self.own_values = [v.new_empty(shape) for v in prompt_values]
@@ -143,7 +142,6 @@ class Decoder:
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only the batch rows ``rows`` (the completions still running), and the prompts they need."""
         self.slots = self.slots[rows]
-        self.full = False
         self.own_keys = [self._rows_of(k, rows) for k in self.own_keys]
         self.own_values = [self._rows_of(v, rows) for v in self.own_values]
         prompts = torch.unique(self.slots // self.group_size)  # prompts with a row left, in order
@@ -204,7 +202,7 @@ class Decoder:
 
     def _to_grid(self, x: torch.Tensor) -> torch.Tensor:
         """(B, ...) rows in their places of the P x G grid, zeros where a row has finished: (P * G, ...)."""
-        if self.full:
+        if self._full():
             return x  # no row has left: the batch is the grid
         grid = x.new_zeros(len(self.prompt_pad) * self.group_size, *x.shape[1:])
         grid[self.slots] = x
@@ -212,7 +210,11 @@ class Decoder:
 
     def _from_grid(self, grid: torch.Tensor) -> torch.Tensor:
         """The rows still running, out of the grid: (P * G, ...) -> (B, ...)."""
-        return grid if self.full else grid[self.slots]
+        return grid if self._full() else grid[self.slots]
+
+    def _full(self) -> bool:
+        """Whether every slot of the P x G grid still has its row (the slots are then 0 .. P*G - 1)."""
+        return len(self.slots) == len(self.prompt_pad) * self.group_size
 
     def _two_part_attention(self, i: int, q: torch.Tensor, scaling: float) -> torch.Tensor:
         """softmax([q K_prompt^T, q K_own^T] * scaling) [V_prompt; V_own] for queries q: (B, H, D) -> (B, H, D)."""

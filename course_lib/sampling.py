@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -109,22 +109,17 @@ class Samples:
 
     def group(self, i: int) -> Samples:
         """The ``n`` completions of prompt ``i`` alone, as a one-prompt ``Samples``."""
-        rows = slice(i * self.n, (i + 1) * self.n)
-        return Samples(
-            [self.prompts[i]],
-            self.n,
-            self.texts[rows],
-            [0] * self.n,
-            self.completion_ids[rows],
-            self.completion_mask[rows],
-            self.logprobs[rows],
-        )
+        return replace(self._prompts(slice(i, i + 1)), prompt_index=[0] * self.n)
 
     def first(self, p: int) -> Samples:
         """The first ``p`` prompts with their completions, as a ``Samples`` of their own."""
-        rows = slice(0, p * self.n)
+        return self._prompts(slice(0, p))
+
+    def _prompts(self, prompts: slice) -> Samples:
+        """The prompts ``prompts`` (a contiguous slice) with their rows; ``prompt_index`` as it was."""
+        rows = slice(prompts.start * self.n, prompts.stop * self.n)
         return Samples(
-            self.prompts[:p],
+            self.prompts[prompts],
             self.n,
             self.texts[rows],
             self.prompt_index[rows],
@@ -448,7 +443,8 @@ def draw(logits: torch.Tensor, rule: DrawSettings, u: torch.Tensor, step: int = 
 
 def _check_finite(logits: torch.Tensor, step: int) -> None:
     """Raise where a row's logits hold NaN or +inf, or every token is -inf (no token can be drawn)."""
-    broken = logits.isnan().any(dim=-1) | logits.isposinf().any(dim=-1) | logits.isneginf().all(dim=-1)  # (B,)
+    top = logits.amax(dim=-1)  # (B,) NaN if any NaN, +inf if any +inf, -inf if all are: one pass over (B, V)
+    broken = ~torch.isfinite(top)
     if broken.any():
         raise FloatingPointError(
             f"decoding step {step}: the logits of {int(broken.sum())} of {len(logits)} rows hold NaN or +inf "
