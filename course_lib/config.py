@@ -1,8 +1,11 @@
 """Profiles: everything that depends on the scale of the run, in one place.
 
-Two profiles ship with the course:
+Three profiles ship with the course:
 
 * ``pocket`` (default): the course's own tiny model on pocket-math, on the CPU.
+* ``laptop``: a real pretrained instruct model (SmolLM2-135M-Instruct, read from a package
+  on the Python package index, no Hub needed) on real GSM8K, on the CPU, through the GPU
+  profile's code paths: real weights, a real tokenizer and chat template, real mistakes.
 * ``gpu``: a real small instruct model on real GSM8K, with Unsloth where CUDA exists.
 
 Choose one with ``get_profile("gpu")`` or the environment variable ``COURSE_PROFILE``.
@@ -37,7 +40,7 @@ class Profile:
     """One track of the course: which model, which data, how many of everything."""
 
     name: str
-    model_name: str  # "pocket" or a Hugging Face model id
+    model_name: str  # "pocket", a key of models.PACKAGED_MODELS, or a Hugging Face model id or folder
     dataset: str  # a data source of course_lib.data.SOURCES: "pocket_math" or "gsm8k"
     device: str  # "cpu", or "cuda" where available
     dtype: str  # "float32" on CPU, "bfloat16" on GPU
@@ -78,6 +81,24 @@ PROFILES: dict[str, Profile] = {
         study_questions=128,
         study_eval_problems=500,  # the showdown's paired intervals need more problems than a lesson's table
         facts_probe_size=120,
+    ),
+    "laptop": Profile(
+        name="laptop",
+        model_name="SmolLM2-135M-Instruct",
+        dataset="gsm8k",
+        device="cpu",
+        dtype="float32",
+        system_prompt=GSM8K_SYSTEM_PROMPT,
+        use_unsloth=False,
+        max_new_tokens=256,
+        temperature=1.0,
+        eval_k=4,
+        n_eval_problems=64,  # about 1.2 completions per second at 256 tokens on 2 cores
+        sample_batch_size=64,
+        torch_threads=2,
+        study_questions=64,
+        study_samples=4,
+        facts_probe_size=0,
     ),
     "gpu": Profile(
         name="gpu",

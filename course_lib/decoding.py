@@ -74,7 +74,8 @@ def effective_linear(module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         return None
     weight = base.weight
     for adapter in adapters:
-        weight = weight + module.get_delta_weight(adapter)  # (out, in): B A * scaling
+        # (out, in): B A * scaling, in the base weight's dtype (PEFT keeps adapters in float32 on a bf16 model)
+        weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
     return weight, base.bias
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from course_lib.data.gsm8k import default_data_dir
-from course_lib.models import REPO_ROOT, pocket_model_dir
+from course_lib.models import PACKAGED_MODELS, REPO_ROOT, packaged_model_file, pocket_model_dir
 
 _REQUIREMENTS_FILE = REPO_ROOT / "requirements.txt"
 _GPU_ONLY = ("unsloth", "vllm", "bitsandbytes", "xformers")
@@ -86,8 +86,18 @@ def check_environment(requirements: Path = _REQUIREMENTS_FILE):
         )
     model_dir = pocket_model_dir()
     rows.append(_row("pocket model", (model_dir / "model.safetensors").is_file(), str(model_dir)))
+    rows.append(_laptop_model_row())
     rows.append(_row("GSM8K", None, _gsm8k_source()))
     return pd.DataFrame(rows)
+
+
+def _laptop_model_row() -> dict:
+    """The laptop profile's packaged model: optional (only that profile needs it)."""
+    spec = PACKAGED_MODELS["SmolLM2-135M-Instruct"]
+    try:
+        return _row("laptop model", True, str(packaged_model_file(spec)))
+    except (FileNotFoundError, RuntimeError) as e:
+        return _row("laptop model", None, f"laptop profile only: {e}")
 
 
 def _gsm8k_source() -> str:

