@@ -45,6 +45,33 @@ def reward_table(samples: Samples, problems: list[dict], config: RewardConfig = 
     return pd.DataFrame(rows)
 
 
+#: How a completion ends, as the answer extractor meets it (a real model's failures, lesson 02).
+ENDINGS = ("one final line", "final line repeated", "no final line")
+
+
+def ending(text: str) -> str:
+    """One of :data:`ENDINGS`: how many GSM8K markers (``####``) the completion writes."""
+    markers = text.count("####") if isinstance(text, str) else 0
+    return ENDINGS[0] if markers == 1 else ENDINGS[1] if markers > 1 else ENDINGS[2]
+
+
+def ending_table(table: pd.DataFrame, budget: int) -> pd.DataFrame:
+    """Per ending (:func:`ending`) of a :func:`reward_table`: how many completions, the share cut at the
+    token ``budget``, the share with an answer extracted, and the share correct."""
+    kinds = table.assign(
+        ending=table.text.map(ending), cut=table.tokens >= budget, answered=table.extracted.notna()
+    ).groupby("ending")
+    out = pd.DataFrame(
+        {
+            "completions": kinds.size(),
+            "cut at the budget": kinds.cut.mean(),
+            "answer extracted": kinds.answered.mean(),
+            "correct": kinds.correct.mean(),
+        }
+    )
+    return out.reindex([e for e in ENDINGS if e in out.index])
+
+
 def group_summary(table: pd.DataFrame, reward: str = "total") -> pd.DataFrame:
     """One row per prompt: ``n_correct``, ``reward_mean``, ``reward_std`` (unbiased), ``zero_variance``."""
     groups = table.groupby("prompt")

@@ -67,6 +67,8 @@ class DryRunSettings:
 
 @dataclass
 class StageResult:
+    """One stage of a dry run: its name, how long it took, what it found (for the report)."""
+
     stage: str
     seconds: float
     detail: dict
@@ -133,7 +135,8 @@ def _sample(profile: Profile, s: DryRunSettings, state: dict, out: Path) -> dict
         seed=s.seed,
     )
     stops = torch.tensor(stop_token_ids(model, tokenizer))
-    ended = [bool(torch.isin(ids[ids != tokenizer.pad_token_id][-1:], stops).any()) for ids in samples.completion_ids]
+    last = [ids[mask.bool()][-1:] for ids, mask in zip(samples.completion_ids, samples.completion_mask)]
+    ended = [bool(torch.isin(token, stops).any()) for token in last]  # else cut at the token budget
     state["samples"] = samples
     return {
         "completions": len(samples.texts),

@@ -21,6 +21,8 @@ over problems (the problems are the random sample we want to generalise from).
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
 import time
 from collections import Counter
@@ -251,6 +253,35 @@ def evaluate_profile(
         system_prompt=profile.system_prompt,
         progress=progress,
     )
+
+
+def save_result(result: EvalResult, path: str | Path, about: dict | None = None) -> Path:
+    """Write an evaluation (every problem's answers and every completion) as gzipped JSON, with
+    ``about``: what produced it (model, settings, time), for a lesson to show beside the numbers."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "about": about or {},
+        "k": result.k,
+        "problems": [{"question": r.question, "answer": r.answer} for r in result.per_problem.itertuples()],
+        "completions": result.completions,
+    }
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        json.dump(record, f)
+    return path
+
+
+def load_result(path: str | Path) -> tuple[EvalResult, dict]:
+    """``(result, about)`` from :func:`save_result`'s file, re-scored with today's extractor (the
+    completions are stored, the scores are not, so a fix to the extractor reaches old runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved evaluation at {path}: `python -m course_lib evaluate --help` makes one")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        record = json.load(f)
+    k, completions = record["k"], record["completions"]
+    per_problem = score_problems(record["problems"], completions, k)
+    return EvalResult(summarize(per_problem, k), per_problem, completions, k), record["about"]
 
 
 def paired_changes(before: EvalResult, after: EvalResult) -> dict[str, PairedChange]:

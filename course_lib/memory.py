@@ -27,10 +27,14 @@ is checked against the tensors autograd saves for the pocket model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import pandas as pd
 import torch
+from peft import get_peft_model
+
+from course_lib.models import lora_config
 
 GB = 1024**3
 
@@ -261,3 +265,41 @@ def measure(model, input_ids, gradient_checkpointing: bool = False) -> dict[str,
         "activations_and_logits": activations,
         "trained_params": sum(p.numel() for p in trained),
     }
+
+
+def planner_vs_step(
+    load: Callable[[], torch.nn.Module],
+    shape: ModelShape,
+    micro_batch: int = 4,
+    seq_len: int = 128,
+    lora_rank: int = 16,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The planner's fp32 numbers beside a real training step (:func:`measure`) of a fresh model from
+    ``load()``, for full fine-tuning and LoRA, each with and without gradient checkpointing: one row
+    per setup, columns ``(part, "measured")`` and ``(part, "planned")`` in MB."""
+    rows = {}
+    for rank in (None, lora_rank):
+        for checkpointing in (False, True):
+            torch.manual_seed(seed)
+            model = load()
+            if rank:
+                model = get_peft_model(model, lora_config(r=rank))
+            tokens = torch.randint(3, min(shape.vocab_size, 500), (micro_batch, seq_len))
+            measured = measure(model, tokens, gradient_checkpointing=checkpointing)
+            setup = TrainingSetup(
+                precision="fp32",
+                lora_rank=rank,
+                micro_batch=micro_batch,
+                seq_len=seq_len,
+                gradient_checkpointing=checkpointing,
+            )
+            planned = estimate(shape, setup)["GB"] * GB
+            planned["activations_and_logits"] = planned["activations"] + planned["logits"]
+            name = f"{f'LoRA r={rank}' if rank else 'full'}{', checkpointing' if checkpointing else ''}"
+            for part in ("weights", "gradients", "optimizer", "activations_and_logits"):
+                rows.setdefault(name, {})[(part, "measured")] = measured[part] / 1e6
+                rows[name][(part, "planned")] = planned[part] / 1e6
+    table = pd.DataFrame(rows).T
+    table.columns = pd.MultiIndex.from_tuples(table.columns, names=["MB", ""])
+    return table

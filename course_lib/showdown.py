@@ -367,6 +367,7 @@ def run_grpo(study: Showdown) -> ArmResult:
         callbacks=[_history(history, TRL_METRIC_NAMES)],
         system_prompt=study.profile.system_prompt,
         disable_tqdm=not study.progress,
+        course_sampler=not vllm,  # our sampler where vLLM does not serve the rollouts (7x generate on the CPU)
         **vllm,
     )
     seconds, steps = _train(trainer)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from course_lib.analysis import group_summary, reward_table
+from course_lib.analysis import ending, ending_table, group_summary, reward_table
 from course_lib.losses import samples_logprobs
 from course_lib.rewards import TRELIS_SHAPED_REWARD
 from course_lib.sampling import Samples
@@ -40,6 +40,20 @@ def test_reward_table_and_group_summary():
     assert groups.n_correct.tolist() == [2, 0]
     assert group_summary(table, reward="correctness").zero_variance.tolist() == [True, True]
     assert groups.reward_std.iloc[1] == pytest.approx(torch.tensor([1.0, 2.0]).std().item())
+
+
+def test_endings_of_a_real_models_completions():
+    """SmolLM2's failures: the final line written many times (the last one cut off), none at all."""
+    texts = ["2 + 3 = 5\n#### 5", "#### 10800\n#### 10800\n#### 108", "So she has 12 left.", "I think it is"]
+    assert [ending(t) for t in texts] == ["one final line", "final line repeated", "no final line", "no final line"]
+    problems = [{"answer": "5"}, {"answer": "10800"}, {"answer": "12"}, {"answer": "3"}]
+    table = reward_table(fake_samples(texts, n=1), problems)  # tokens: 3, 4, 5, 6
+    summary = ending_table(table, budget=5)
+    assert list(summary.index) == ["one final line", "final line repeated", "no final line"]
+    assert summary.completions.tolist() == [1, 1, 2]
+    assert summary["cut at the budget"].tolist() == [0.0, 0.0, 1.0]
+    assert summary["answer extracted"].tolist() == [1.0, 1.0, 0.5]  # the last number, where there is one
+    assert summary.correct.tolist() == [1.0, 0.0, 0.5]  # the cut-off last marker reads 108, not 10800
 
 
 def test_reward_table_checks_problem_count():

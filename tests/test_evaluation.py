@@ -14,11 +14,13 @@ from course_lib.evaluation import (
     evaluate,
     evaluate_profile,
     facts_probe,
+    load_result,
     maj_at_k,
     majority_answer,
     paired_pass_at_k,
     pass_at_k,
     pass_at_k_curve,
+    save_result,
     score_problems,
     summarize,
     wilson_interval,
@@ -164,6 +166,20 @@ def test_pass_at_k_curve_rises_with_k_and_ends_at_any_correct():
     assert curve.loc[8, "pass@k"] == pytest.approx(0.75)  # all but the problems with no correct sample
     table = paired_pass_at_k(result, result_from(problems, [1, 1, 2, 8] * 5), ks=[1, 8])
     assert table.loc[8, "change (points)"] == pytest.approx(25.0) and table.loc[1, "change (points)"] > 0
+
+
+def test_a_saved_evaluation_comes_back_rescored_with_what_produced_it(tmp_path):
+    problems = [{"question": "q0", "answer": "7"}, {"question": "q1", "answer": "1,000"}]
+    completions = [["#### 7", "#### 8"], ["so 1000 in all\n#### 1,000", "no final line, 999"]]
+    per_problem = score_problems(problems, completions, 2)
+    result = EvalResult(summarize(per_problem, 2), per_problem, completions, 2)
+    path = save_result(result, tmp_path / "base.json.gz", {"model": "m", "seconds": 3.0})
+    back, about = load_result(path)
+    assert about == {"model": "m", "seconds": 3.0} and back.completions == completions and back.k == 2
+    assert back.per_problem.n_correct.tolist() == [1, 1]
+    assert back.summary.equals(result.summary)
+    with pytest.raises(FileNotFoundError, match="python -m course_lib evaluate"):
+        load_result(tmp_path / "missing.json.gz")
 
 
 def test_the_held_out_probe_adds_its_numbers_to_the_row_without_touching_training(pocket):

@@ -130,3 +130,15 @@ def test_the_widget_redraws_for_every_control():
     assert readout.value != before and "optimizer" in readout.value
     zero.value = 3
     assert "total" in readout.value
+
+
+def test_planner_vs_step_puts_a_real_step_beside_the_plan():
+    from course_lib.models import load_pocket_model
+
+    table = memory.planner_vs_step(lambda: load_pocket_model()[0], memory.MODELS["pocket"], micro_batch=2, seq_len=32)
+    assert list(table.index) == ["full", "full, checkpointing", "LoRA r=16", "LoRA r=16, checkpointing"]
+    for part in ("weights", "gradients", "optimizer"):  # the static parts are exact
+        assert (table[(part, "measured")] == table[(part, "planned")]).all()
+    assert table.loc["LoRA r=16", ("optimizer", "measured")] < table.loc["full", ("optimizer", "measured")] / 10
+    ratio = table[("activations_and_logits", "measured")] / table[("activations_and_logits", "planned")]
+    assert ratio.between(0.75, 1.25).all()

@@ -149,3 +149,24 @@ def test_a_round_that_keeps_nothing_trains_nothing_and_the_next_one_still_gets_t
     merged = trained.merge_and_unload()
     moved = [k for k, v in merged.state_dict().items() if not torch.equal(v, base[k])]
     assert moved and all(any(t in k for t in ("q_proj", "k_proj", "v_proj", "o_proj")) for k in moved)
+
+
+def test_a_pool_from_a_saved_evaluation_grades_every_completion():
+    from course_lib.evaluation import EvalResult, score_problems, summarize
+
+    problems = [{"question": "q0", "answer": "7"}, {"question": "q1", "answer": "3"}]
+    completions = [["#### 7", "#### 7", "#### 1"], ["#### 4", "no answer", "#### 5"]]
+    per_problem = score_problems(problems, completions, 3)
+    pool = SampledPool.from_result(EvalResult(summarize(per_problem, 3), per_problem, completions, 3), ["p0", "p1"])
+    assert pool.problems == problems and pool.prompts == ["p0", "p1"] and pool.k == 3
+    assert pool.correct == [[True, True, False], [False, False, False]]
+    assert pool_yield(pool, sft_records(pool)) == {
+        "questions": 2,
+        "solved": 1,
+        "solved_share": 0.5,
+        "samples": 6,
+        "correct": 2,
+        "correct_share": 2 / 6,
+        "distinct": 1,
+        "kept": 1,
+    }

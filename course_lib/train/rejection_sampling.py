@@ -47,6 +47,14 @@ class SampledPool:
     def k(self) -> int:
         return len(self.texts[0]) if self.texts else 0
 
+    @classmethod
+    def from_result(cls, result, prompts: list[str]) -> SampledPool:
+        """The pool an evaluation already drew (an :class:`~course_lib.evaluation.EvalResult`, e.g. a
+        saved run): its problems, their ``prompts``, every completion and its verdict."""
+        problems = [{"question": r.question, "answer": r.answer} for r in result.per_problem.itertuples()]
+        correct = [[is_correct(t, p["answer"]) for t in texts] for p, texts in zip(problems, result.completions)]
+        return cls(problems, prompts, [list(t) for t in result.completions], correct)
+
     def first(self, k: int) -> SampledPool:
         """The same questions with only their first ``k`` samples: what a smaller k would have drawn
         (each completion's draws do not depend on how many were drawn beside it)."""
