@@ -9,8 +9,9 @@ Each lesson opens with the same setup cell. In Colab it clones the course, then 
    and ``laptop``, plus the laptop model's package without its dependencies; the GPU set for ``gpu``),
    and stops with :class:`RestartNeeded` when a package this kernel had already imported changed
    version (:func:`stale_imports`). After the restart the same cell finds the install done;
-3. imports Unsloth before transformers, trl and peft, and only where the profile uses it
-   (:func:`course_lib.config.import_unsloth_first`: the ``gpu`` profile with CUDA).
+3. leaves the next line of the cell to import Unsloth before transformers, trl and peft, and only
+   where the profile uses it (:func:`course_lib.config.import_unsloth_first`: the ``gpu`` profile with
+   CUDA); that import is not made here, because this module must load before the install.
 
 Outside Colab nothing is installed: the profile is the form field's, else ``$COURSE_PROFILE``,
 else ``pocket``. This module imports only the standard library until the install is done.
@@ -87,8 +88,8 @@ def has_gpu() -> bool:
 
 
 def prepare(requested: str = "auto", course_dir: str | Path = COURSE_DIR, in_colab: bool | None = None) -> str:
-    """Choose the profile, install it in Colab (once), import Unsloth first where it is used; returns
-    the profile's name, also set as ``$COURSE_PROFILE`` for :func:`course_lib.config.get_profile`."""
+    """Choose the profile and install it in Colab (once); returns the profile's name, also set as
+    ``$COURSE_PROFILE`` for :func:`course_lib.config.get_profile`."""
     in_colab = "google.colab" in sys.modules if in_colab is None else in_colab
     name = choose_profile(requested, in_colab, has_gpu() if in_colab else False, os.environ.get("COURSE_PROFILE"))
     os.environ["COURSE_PROFILE"] = name
@@ -105,8 +106,5 @@ def prepare(requested: str = "auto", course_dir: str | Path = COURSE_DIR, in_col
                 "loaded. Restart the session (Runtime -> Restart session), then run this cell again: the "
                 "install is kept and will not run twice."
             )
-    from course_lib.config import get_profile, import_unsloth_first  # after the install: imports torch
-
-    unsloth = import_unsloth_first(get_profile(name))
-    print(f"profile: {name}" + (" (Unsloth imported first)" if unsloth is not None else ""))
+    print(f"profile: {name}")
     return name

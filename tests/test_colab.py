@@ -81,9 +81,10 @@ def test_prepare_in_colab_installs_once_and_stops_for_a_restart(monkeypatch, tmp
 
 
 def test_prepare_imports_neither_transformers_nor_trl_nor_peft():
-    """Unsloth must be imported before them, so the setup cell must not import them first."""
+    """Unsloth must be imported before them, so the setup cell (up to its Unsloth line) must not import them."""
     code = (
         "import sys; from course_lib.colab import prepare; prepare('pocket', in_colab=False); "
+        "from course_lib.config import get_profile, import_unsloth_first; import_unsloth_first(get_profile()); "
         "print(sorted(m for m in ('transformers', 'trl', 'peft') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -99,3 +100,4 @@ def test_every_lesson_opens_with_the_same_setup_cell():
     cell = next(iter(cells.values()))
     assert f'PROFILE = "auto"  # @param {json.dumps(["auto", *colab.PROFILE_NAMES])}' in cell
     assert "prepare(PROFILE)" in cell and repository().clone_url in cell
+    assert cell.rstrip().splitlines()[-1].startswith("import_unsloth_first(get_profile())")
