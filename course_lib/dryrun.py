@@ -48,7 +48,7 @@ from course_lib.train.grpo import GRPOLoop
 from course_lib.train.grpo_trl import grpo_trainer
 from course_lib.train.orpo import orpo_trainer
 from course_lib.train.recipes import grpo_recipe, orpo_recipe, rs_recipe
-from course_lib.train.rejection_sampling import gold_records
+from course_lib.train.rejection_sampling import gold_records, wrong_answer_pairs
 from course_lib.train.sft import sft_trainer
 
 STAGES = ("load", "prompt", "sample", "rewards", "grpo", "grpo-trl", "sft", "orpo", "plan")
@@ -209,10 +209,7 @@ def _sft(profile: Profile, s: DryRunSettings, state: dict, out: Path) -> dict:
 def _orpo(profile: Profile, s: DryRunSettings, state: dict, out: Path) -> dict:
     settings, lora = orpo_recipe(profile, batch_size=s.batch_size, seed=s.seed)
     model, tokenizer = load_policy(profile, lora, seed=s.seed)
-    rows = gold_records(state["problems"], tokenizer, profile.system_prompt)
-    pairs = [
-        {"prompt": r["prompt"], "chosen": r["completion"], "rejected": _wrong_answer(r["completion"])} for r in rows
-    ]
+    pairs = wrong_answer_pairs(state["problems"], tokenizer, profile.system_prompt)
     return _train(orpo_trainer(profile, model, tokenizer, pairs, out, settings, progress=False, max_steps=1))
 
 
@@ -244,16 +241,6 @@ def _train(trainer) -> dict:
     if trainer.state.global_step != 1 or not math.isfinite(loss) or not grad_norm > 0:
         raise ValueError(f"expected one step, a finite loss and a gradient; got {trainer.state.log_history}")
     return {"steps": trainer.state.global_step, "loss": round(loss, 4), "grad_norm": round(grad_norm, 4)}
-
-
-def _wrong_answer(solution: str) -> str:
-    """The solution with its final line's number changed: ORPO's rejected side in a dry run."""
-    body, _, answer = solution.rpartition("####")
-    try:
-        wrong = str(int(float(answer.strip().replace(",", ""))) + 1)
-    except ValueError:
-        wrong = "0"
-    return f"{body}#### {wrong}"
 
 
 # --------------------------------------------------------------------------- the GPU profile, built locally

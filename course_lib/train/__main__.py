@@ -49,7 +49,7 @@ from course_lib.models import load_policy
 from course_lib.train.grpo_trl import grpo_trainer, vllm_generation
 from course_lib.train.orpo import orpo_trainer
 from course_lib.train.recipes import grpo_recipe, lora_recipe, orpo_recipe, rs_recipe
-from course_lib.train.rejection_sampling import gold_records
+from course_lib.train.rejection_sampling import gold_records, wrong_answer_pairs
 from course_lib.train.sft import sft_trainer
 
 METHODS = ("grpo", "sft", "orpo")
@@ -109,17 +109,9 @@ def _rows(method: str, profile: Profile, tokenizer, n: int, seed: int) -> list[d
     """Training rows for SFT (gold solutions) and ORPO (gold vs a corrupted answer) on ``n`` problems:
     fixed data, so that a launch test measures the launcher, not the sampler."""
     problems = train_problems(profile, n, seed=seed)
-    rows = gold_records(problems, tokenizer, profile.system_prompt)
     if method == "sft":
-        return rows
-    return [
-        {
-            "prompt": r["prompt"],
-            "chosen": r["completion"],
-            "rejected": r["completion"].rsplit("####", 1)[0] + f"#### {int(float(p['answer'])) + 1}",
-        }
-        for r, p in zip(rows, problems)
-    ]
+        return gold_records(problems, tokenizer, profile.system_prompt)
+    return wrong_answer_pairs(problems, tokenizer, profile.system_prompt)
 
 
 def build_trainer(args: argparse.Namespace, profile: Profile, world_size: int):

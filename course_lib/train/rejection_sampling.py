@@ -125,6 +125,20 @@ def gold_records(problems: list[dict], tokenizer, system_prompt: str | None = No
     ]
 
 
+def wrong_answer_pairs(problems: list[dict], tokenizer, system_prompt: str | None = None) -> list[dict]:
+    """``{"prompt", "chosen", "rejected"}`` rows without sampling: each reference solution as chosen, the
+    same solution with its final answer off by one as rejected. Fixed data for a launch or a dry run,
+    which test the machinery, not the method."""
+    return [
+        {
+            "prompt": r["prompt"],
+            "chosen": r["completion"],
+            "rejected": r["completion"].rsplit("####", 1)[0] + f"#### {int(float(p['answer'])) + 1}",
+        }
+        for r, p in zip(gold_records(problems, tokenizer, system_prompt), problems)
+    ]
+
+
 def preference_pairs(pool: SampledPool, pairs_per_question: int = 2, dedup: bool = True, seed: int = 0) -> list[dict]:
     """``{"prompt", "chosen", "rejected"}`` rows for ORPO/DPO: a correct completion as chosen
     and a wrong completion *of the same question* as rejected.
