@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install laptop-model dry-run lab test lint test-quick lesson bench showdown pocket-model pocket-teacher mutation clean
+.PHONY: install laptop-model dry-run lab test lint test-quick test-browser lesson bench showdown pocket-model pocket-teacher mutation clean
 
 $(STAMP): requirements.txt requirements-laptop.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,9 +44,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Unit tests only (skips executing the notebooks).
+# Unit tests only (skips executing the notebooks, in the kernel and in the browser).
 test-quick: install
-	HF_HUB_OFFLINE=1 COURSE_FAST=1 $(BIN)/python -m pytest -m "not notebook"
+	HF_HUB_OFFLINE=1 COURSE_FAST=1 $(BIN)/python -m pytest -m "not notebook and not browser"
+
+# The browser tests alone (JupyterLab + Debian's chromium + Playwright): screenshots in build/browser/.
+test-browser: install
+	HF_HUB_OFFLINE=1 COURSE_FAST=1 $(BIN)/python -m pytest -m browser tests/test_browser.py
 
 # Mutation testing of the core modules with mutmut (outside CI; about 15 minutes on 2 cores).
 # Settings in pyproject.toml ([tool.mutmut]); `$(BIN)/mutmut results` lists the survivors,

@@ -16,12 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from course_lib.advantages import group_advantages
-from course_lib.evaluation import pass_at_k
-from course_lib.losses import aggregate, clipped_surrogate, kl_k3, log_odds
-from course_lib.rewards import overlong_penalty
+from course_lib.advantages import group_advantages, rloo_advantages
+from course_lib.evaluation import majority_answer, paired_difference, pass_at_k, wilson_interval
+from course_lib.losses import aggregate, clipped_surrogate, dpo_loss, kl_k3, log_odds, token_logprobs
+from course_lib.memory import MODELS, TrainingSetup, lora_params, optimizer_bytes
+from course_lib.models import count_parameters
+from course_lib.rewards import answer_matches, normalize_number, overlong_penalty
+from course_lib.sampling import completion_lengths, top_p_filter
 from course_lib.train.rejection_sampling import SampledPool, sft_records
 
 
@@ -168,6 +172,204 @@ def _keep_cases() -> list[Case]:
     ]
 
 
+# --- lesson 00: a model's size and the nucleus ---------------------------------------------------
+
+
+class TinyTiedLM(torch.nn.Module):
+    """A two-layer language model whose output layer reuses the embedding matrix (as SmolLM2 and
+    Qwen2.5-0.5B do), with a buffer beside its weights (as a rotary embedding's ``inv_freq``)."""
+
+    def __init__(self, vocab: int = 50, hidden: int = 8, tied: bool = True):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, hidden)
+        self.mlp = torch.nn.Linear(hidden, hidden)
+        self.head = torch.nn.Linear(hidden, vocab, bias=False)
+        if tied:
+            self.head.weight = self.embed.weight  # one matrix, two uses
+        self.register_buffer("inv_freq", torch.ones(hidden // 2))  # state, not a weight
+
+
+def _count_cases() -> list[Case]:
+    frozen = TinyTiedLM()
+    frozen.embed.requires_grad_(False)  # a frozen weight is still a weight of the model
+    return [
+        Case("embeddings tied to the output layer (one matrix, counted once)", (TinyTiedLM(),)),
+        Case("untied embeddings (two matrices)", (TinyTiedLM(tied=False),)),
+        Case("a frozen embedding (frozen weights count too)", (frozen,)),
+    ]
+
+
+def _top_p_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(4, 12, generator=g) * 2
+    return [
+        Case("random logits (B=4, V=12), top_p = 0.7", (logits, 0.7)),
+        Case("top_p = 1.0 (everything stays)", (logits, 1.0)),
+        Case("top_p = 0.01 (the most likely token always stays)", (logits, 0.01)),
+        Case(
+            "probabilities 0.5, 0.3, 0.2 and top_p = 0.8 (the nucleus is the first two: 0.8 is reached)",
+            (torch.tensor([[0.5, 0.3, 0.2]]).log(), 0.8),
+        ),
+    ]
+
+
+# --- lesson 05: the two pieces the loop is built on ------------------------------------------------
+
+
+def _logprob_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 3, 7, generator=g)
+    targets = torch.randint(0, 7, (2, 3), generator=g)
+    return [
+        Case("random logits (B=2, T=3, V=7)", (logits, targets)),
+        Case("large logits (softmax underflows to 0 before the log)", (logits * 200, targets)),
+        Case("bfloat16 logits (compute in float32)", (logits.bfloat16(), targets)),
+    ]
+
+
+def _reference_lengths(ids: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
+    return completion_lengths(ids, stop_ids)
+
+
+def _length_cases() -> list[Case]:
+    ids = torch.tensor([[5, 6, 2, 7, 2], [5, 2, 9, 9, 9], [5, 6, 7, 8, 9], [2, 6, 7, 8, 9]])
+    two_eos = torch.tensor([[5, 6, 1, 7, 2], [5, 2, 9, 1, 9]])
+    return [
+        Case("one stop id (2): the stop token counts, the tokens after it do not", (ids, [2])),
+        Case("a row with no stop token (it ran to the budget: the full width)", (ids[2:3], [2])),
+        Case("a stop token first (length 1)", (ids[3:], [2])),
+        Case("two stop ids (1 and 2, as Qwen2.5's two EOS): whichever comes first", (two_eos, [1, 2])),
+    ]
+
+
+# --- lesson 09: votes and paired intervals ---------------------------------------------------------
+
+
+def _majority_cases() -> list[Case]:
+    return [
+        Case("a clear majority", (["12", "7", "12", "12"],)),
+        Case("unreadable answers (None) are not votes", ([None, None, "5", None],)),
+        Case("a tie goes to the tied answer that appears first", (["3", "4", "3", "4"],)),
+        Case("no readable answer at all (None)", ([None, None],)),
+    ]
+
+
+def _paired_interval_reference(after, before) -> tuple[float, float, float]:
+    change = paired_difference(after, before)
+    return (change.points, change.ci_low, change.ci_high)
+
+
+def _paired_cases() -> list[Case]:
+    rng = np.random.default_rng(6)
+    before = rng.choice([0.0, 0.25, 0.5, 0.75, 1.0], size=400, p=[0.3, 0.1, 0.1, 0.1, 0.4])  # hard and easy problems
+    after = np.clip(before + rng.choice([0.0, 0.25], size=400, p=[0.8, 0.2]), 0, 1)  # most problems unchanged
+    return [
+        Case("400 problems, the same difficulty before and after (pairing removes it)", (after, before)),
+        Case("no change at all (the interval is exactly [0, 0])", (before, before.copy())),
+        Case("a change that hurts (after below before)", (before, after)),
+    ]
+
+
+# --- lesson 10: memory, counted by hand ------------------------------------------------------------
+
+
+def _lora_cases() -> list[Case]:
+    qwen = MODELS["Qwen2.5-1.5B"]
+    return [
+        Case("Qwen2.5-1.5B, r = 16, attention (q, k, v, o)", (qwen, 16, ("q_proj", "k_proj", "v_proj", "o_proj"))),
+        Case("k_proj alone (grouped-query attention: out = kv_dim, not hidden)", (qwen, 8, ("k_proj",))),
+        Case("the MLP (down_proj's in is the intermediate size)", (qwen, 4, ("gate_proj", "up_proj", "down_proj"))),
+        Case("the pocket model, r = 16, attention", (MODELS["pocket"], 16, ("q_proj", "k_proj", "v_proj", "o_proj"))),
+    ]
+
+
+def _reference_optimizer(trained: int, precision: str, zero_stage: int, n_gpus: int, offload: bool) -> float:
+    setup = TrainingSetup(precision=precision, zero_stage=zero_stage, n_gpus=n_gpus, offload_optimizer=offload)
+    return optimizer_bytes(trained, setup)
+
+
+def _optimizer_cases() -> list[Case]:
+    n = 1_543_714_304  # Qwen2.5-1.5B, full fine-tuning
+    return [
+        Case("bf16 mixed precision, one GPU (m, v and the fp32 master copy)", (n, "bf16", 0, 1, False)),
+        Case("fp32, one GPU (no master copy)", (n, "fp32", 0, 1, False)),
+        Case("bf16, ZeRO-1 on 4 GPUs (stage 1 splits the optimizer state)", (n, "bf16", 1, 4, False)),
+        Case("bf16, no ZeRO on 4 GPUs (plain data parallel: every GPU holds it all)", (n, "bf16", 0, 4, False)),
+        Case("bf16, ZeRO-2 with the optimizer offloaded (nothing on the GPU)", (n, "bf16", 2, 4, True)),
+    ]
+
+
+# --- second exercises of lessons 01-08 -------------------------------------------------------------
+
+
+def _wilson_cases() -> list[Case]:
+    return [
+        Case("30 right of 100", (30, 100)),
+        Case("0 right of 20 (the interval is not [0, 0]: zero successes in 20 do not prove p = 0)", (0, 20)),
+        Case("20 right of 20", (20, 20)),
+        Case("1 right of 3 (a small n)", (1, 3)),
+    ]
+
+
+def _reference_same_number(predicted: str | None, gold: str) -> bool:
+    return answer_matches(normalize_number(predicted) if isinstance(predicted, str) else None, gold)
+
+
+def _same_number_cases() -> list[Case]:
+    return [
+        Case("'18.00' and '18' (the same number, different strings)", ("18.00", "18")),
+        Case("'1,000' and '1000' (a thousands separator)", ("1,000", "1000")),
+        Case("'$5' and '5' (a currency sign)", ("$5", "5")),
+        Case("'3/4' and '0.75' (a fraction)", ("3/4", "0.75")),
+        Case("'0.1' and '0.10000001' (close is not equal: exact arithmetic)", ("0.1", "0.10000001")),
+        Case("no answer (None) is never right", (None, "5")),
+        Case("text that is not a number ('five'): False, never an error", ("five", "5")),
+    ]
+
+
+def _rloo_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(7)
+    return [
+        Case("random rewards, 3 groups of 4", (torch.randn(12, generator=g), 4)),
+        Case(
+            "0/1 rewards, groups of 2 (the other completion is the whole baseline)", (torch.tensor([1.0, 0, 0, 0]), 2)
+        ),
+        Case("a group whose rewards are all equal (0 everywhere)", (torch.full((6,), 0.5), 3)),
+    ]
+
+
+def _zero_std_share_reference(rewards: torch.Tensor, group_size: int) -> float:
+    return float(group_advantages(rewards, group_size).zero_variance.float().mean())
+
+
+def _zero_std_cases() -> list[Case]:
+    return [
+        Case(
+            "groups of 4: one all wrong, one all right, one mixed",
+            (torch.tensor([0.0] * 4 + [1.0] * 4 + [1, 0, 0, 0]), 4),
+        ),
+        Case("shaped rewards, equal only in one group of 3", (torch.tensor([0.5, 0.5, 0.5, 0.2, 0.7, 0.7]), 3)),
+        Case("every group mixed (0)", (torch.tensor([1.0, 0, 0, 1]), 2)),
+    ]
+
+
+def _reference_dpo_pairs(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta) -> torch.Tensor:
+    ones = torch.ones_like(policy_chosen).unsqueeze(1)  # (B, 1): one "token" holding each summed log-prob
+    pc, pr, rc, rr = (x.unsqueeze(1) for x in (policy_chosen, policy_rejected, ref_chosen, ref_rejected))
+    return dpo_loss(pc, ones, pr, ones, rc, rr, beta=beta).per_pair_loss
+
+
+def _dpo_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(8)
+    sums = [-20 * torch.rand(5, generator=g) - 5 for _ in range(4)]  # (B,) summed log-probs
+    same = -10 * torch.rand(3, generator=g)
+    return [
+        Case("random summed log-probs (B=5), beta = 0.1", (*sums, 0.1)),
+        Case("the policy equal to its reference (log 2 for every pair)", (same, same - 1, same.clone(), same - 1, 0.1)),
+        Case("beta = 0.5, policy far from the reference", (sums[0] + 30, sums[1], sums[2], sums[3], 0.5)),
+    ]
+
+
 EXERCISES: dict[str, Exercise] = {
     "group_advantages": Exercise(
         "group_advantages(rewards: (N,) tensor, group_size: int) -> (N,) tensor",
@@ -194,6 +396,51 @@ EXERCISES: dict[str, Exercise] = {
         "keep(texts: list[str], correct: list[bool], dedup: bool, cap: int | None) -> list[str]",
         _reference_keep,
         _keep_cases,
+    ),
+    "wilson_interval": Exercise(
+        "wilson_interval(successes: int, n: int) -> (low, high)", wilson_interval, _wilson_cases
+    ),
+    "same_number": Exercise(
+        "same_number(predicted: str | None, gold: str) -> bool", _reference_same_number, _same_number_cases
+    ),
+    "rloo_advantages": Exercise(
+        "rloo_advantages(rewards: (N,) tensor, group_size: int) -> (N,) tensor", rloo_advantages, _rloo_cases
+    ),
+    "zero_std_share": Exercise(
+        "zero_std_share(rewards: (N,) tensor, group_size: int) -> float", _zero_std_share_reference, _zero_std_cases
+    ),
+    "dpo_pair_losses": Exercise(
+        "dpo_pair_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected: (B,) sums, beta) -> (B,)",
+        _reference_dpo_pairs,
+        _dpo_cases,
+    ),
+    "count_parameters": Exercise("count_parameters(model: nn.Module) -> int", count_parameters, _count_cases),
+    "top_p_filter": Exercise(
+        "top_p_filter(logits: (B, V), top_p: float) -> (B, V), -inf outside the nucleus", top_p_filter, _top_p_cases
+    ),
+    "token_logprobs": Exercise(
+        "token_logprobs(logits: (B, T, V), targets: (B, T) ids) -> (B, T) float32", token_logprobs, _logprob_cases
+    ),
+    "completion_lengths": Exercise(
+        "completion_lengths(ids: (N, T), stop_ids: list[int]) -> (N,) lengths", _reference_lengths, _length_cases
+    ),
+    "majority_answer": Exercise(
+        "majority_answer(answers: list[str | None]) -> str | None", majority_answer, _majority_cases
+    ),
+    "paired_interval": Exercise(
+        "paired_interval(after: (n,) array, before: (n,) array) -> (points, low, high)",
+        _paired_interval_reference,
+        _paired_cases,
+        atol=0.6,  # points: another bootstrap's draws move the interval's ends by ~0.2
+    ),
+    "lora_params": Exercise(
+        "lora_params(shape: ModelShape, rank: int, targets: tuple) -> int", lora_params, _lora_cases
+    ),
+    "optimizer_bytes": Exercise(
+        "optimizer_bytes(trained: int, precision: str, zero_stage: int, n_gpus: int, offload: bool) -> bytes",
+        _reference_optimizer,
+        _optimizer_cases,
+        atol=0.5,
     ),
 }
 
@@ -223,13 +470,33 @@ def check(exercise: str, fn: Callable) -> Verdict:
 
 def _copies(args: tuple) -> tuple:
     """Fresh copies of tensor arguments, so an in-place edit by one function cannot reach the other."""
-    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+    return tuple(_copy(a) for a in args)
+
+
+def _copy(a):
+    if isinstance(a, torch.Tensor):
+        return a.clone()
+    return a.copy() if isinstance(a, np.ndarray | list) else a
 
 
 def _difference(got, expected, atol: float) -> str | None:
     """None when ``got`` matches ``expected``; else what differs, in words."""
-    if isinstance(expected, list):
-        return None if got == expected else f"expected {expected}, got {got}"
+    if isinstance(expected, bool):
+        return (
+            None
+            if got is expected or (isinstance(got, bool | np.bool_) and bool(got) == expected)
+            else (f"expected {expected}, got {got!r}")
+        )
+    if isinstance(expected, list) or expected is None or isinstance(expected, str):
+        return None if got == expected else f"expected {expected!r}, got {got!r}"
+    if isinstance(expected, tuple):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            return f"expected a tuple of {len(expected)} numbers, got {got!r}"
+        for i, (g, e) in enumerate(zip(got, expected)):
+            problem = _difference(g, e, atol)
+            if problem:
+                return f"element {i} of the tuple: {problem}"
+        return None
     if not isinstance(expected, torch.Tensor):
         if not isinstance(got, (int, float)) and not (isinstance(got, torch.Tensor) and got.numel() == 1):
             return f"expected a number, got {type(got).__name__}"

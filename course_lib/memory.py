@@ -1,4 +1,4 @@
-"""How much GPU memory does a training run need? A planner for lesson 12.
+"""How much GPU memory does a training run need? A planner for lesson 10.
 
 Memory on one GPU during training is the sum of five parts (bytes; N weights, T of them
 trained, w bytes per weight: 2 in bf16, 4 in fp32):
@@ -148,6 +148,16 @@ def lora_params(shape: ModelShape, rank: int, targets: tuple[str, ...]) -> int:
     return shape.n_layers * sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets)
 
 
+def optimizer_bytes(trained: int, setup: TrainingSetup) -> float:
+    """Adam's state on one GPU for ``trained`` weights: two fp32 moments (8 bytes a weight), plus
+    the fp32 master copy in mixed precision (12 in all); ZeRO stage >= 1 splits it over the GPUs,
+    offloading moves it to the CPU (0 on the GPU)."""
+    if setup.offload_optimizer:
+        return 0
+    states = trained * (12 if setup.precision == "bf16" else 8)  # m, v (+ master weights)
+    return states / (setup.n_gpus if setup.zero_stage >= 1 else 1)
+
+
 def activation_elements_per_token(shape: ModelShape, setup: TrainingSetup) -> float:
     """Values autograd keeps per token in one block, without checkpointing.
 
@@ -174,8 +184,7 @@ def estimate(shape: ModelShape, setup: TrainingSetup) -> pd.DataFrame:
     grads = trained * w / (g if setup.zero_stage >= 2 else 1)
     if setup.offload_optimizer:
         grads = 0  # streamed to the CPU bucket by bucket
-    states = trained * (12 if setup.precision == "bf16" else 8)  # Adam m, v (+ fp32 master copy)
-    optimizer = 0 if setup.offload_optimizer else states / (g if setup.zero_stage >= 1 else 1)
+    optimizer = optimizer_bytes(trained, setup)
     tokens = setup.micro_batch * setup.seq_len
     per_layer = activation_elements_per_token(shape, setup) * w
     if setup.gradient_checkpointing:  # only each layer's input is kept; one layer is recomputed at a time

@@ -326,7 +326,7 @@ def generate_rows(
             **options,
         )
     completion = out[:, input_ids.shape[1] :]  # (P * n, T)
-    lengths = _lengths(completion, stops)  # (P * n,)
+    lengths = completion_lengths(completion, stops)  # (P * n,)
     completion_mask = (torch.arange(completion.shape[1], device=device) < lengths[:, None]).long()  # (P * n, T)
     logps = completion_logprobs(
         model,
@@ -433,7 +433,7 @@ def draw(logits: torch.Tensor, rule: DrawSettings, u: torch.Tensor, step: int = 
         if rule.top_k > 0:
             truncated = _top_k(truncated, rule.top_k)
         if rule.top_p < 1.0:
-            truncated = _top_p(truncated, rule.top_p)
+            truncated = top_p_filter(truncated, rule.top_p)
         if rule.min_p > 0:
             truncated = _min_p(truncated, rule.min_p)
         token = _categorical(torch.softmax(truncated, dim=-1), u)  # (B,)
@@ -473,7 +473,7 @@ def _top_k(scaled: torch.Tensor, k: int) -> torch.Tensor:
     return scaled.masked_fill(scaled < kth, float("-inf"))
 
 
-def _top_p(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
+def top_p_filter(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
     """Logits outside the nucleus set to -inf (always keeping the most likely token): (B, V) -> (B, V)."""
     sorted_logits, order = torch.sort(scaled, descending=False, dim=-1)
     cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
@@ -508,7 +508,7 @@ def _rows(
     return _cut(ids, logp, stops)
 
 
-def _lengths(ids: torch.Tensor, stops: list[int]) -> torch.Tensor:
+def completion_lengths(ids: torch.Tensor, stops: list[int]) -> torch.Tensor:
     """(N,) tokens up to and including each row's first stop token (the full width where it has none)."""
     is_stop = torch.isin(ids, torch.tensor(stops, device=ids.device))  # (N, T)
     width = torch.full_like(ids[:, 0], ids.shape[1])  # (N,)
@@ -517,7 +517,7 @@ def _lengths(ids: torch.Tensor, stops: list[int]) -> torch.Tensor:
 
 def _cut(ids: torch.Tensor, logp: torch.Tensor, stops: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(N, T) ids and log-probs as one pair of 1-D tensors per row, each cut after its first stop token."""
-    lengths = _lengths(ids, stops).tolist()
+    lengths = completion_lengths(ids, stops).tolist()
     return [ids[i, :k] for i, k in enumerate(lengths)], [logp[i, :k] for i, k in enumerate(lengths)]
 
 

@@ -314,6 +314,8 @@ def run_sft_rs(study: Showdown) -> ArmResult:
     pool, sample_seconds = study.pool()
     rs = study.plan.rs
     records = sft_records(pool, rs.dedup, rs.max_per_question)
+    if not records:
+        return _nothing_to_train(study, "sft_rs", sample_seconds)
     model, tokenizer = _policy(study)
     history: list[dict] = []
     trainer = sft_trainer(
@@ -335,6 +337,8 @@ def run_orpo(study: Showdown) -> ArmResult:
     pool, sample_seconds = study.pool()
     orpo = study.plan.orpo
     pairs = preference_pairs(pool, orpo.pairs_per_question, seed=orpo.seed)
+    if not pairs:
+        return _nothing_to_train(study, "orpo", sample_seconds)
     model, tokenizer = _policy(study)
     history: list[dict] = []
     trainer = orpo_trainer(
@@ -350,6 +354,15 @@ def run_orpo(study: Showdown) -> ArmResult:
     seconds, steps = _train(trainer)
     budget = Budget(study.plan.completions_per_arm, len(pairs), steps, sample_seconds, seconds)
     return study.measure("orpo", trainer.model, tokenizer, budget, history)
+
+
+def _nothing_to_train(study: Showdown, arm: str, sample_seconds: float) -> ArmResult:
+    """An arm whose filter kept nothing from the pool (no correct sample for SFT-RS, no question with
+    both kinds for ORPO): it trains nothing, so its model is the base and so is its record (the
+    base's measurement, not a second evaluation of the same weights), with 0 rows and 0 steps."""
+    base = study.load_arm("base") or run_base(study)
+    budget = Budget(study.plan.completions_per_arm, 0, 0, sample_seconds, 0.0)
+    return dataclasses.replace(base, arm=arm, label=LABELS[arm], budget=budget, history=[])
 
 
 def run_grpo(study: Showdown) -> ArmResult:

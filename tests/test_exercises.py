@@ -2,8 +2,10 @@
 
 import importlib.util
 import math
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +45,45 @@ def _pass_at_k_as_text_when_certain(n, c, k):
     return 1 - math.comb(n - c, k) / math.comb(n, k) if k <= n - c else "1"
 
 
+def _top_p_without_the_crossing_token(logits, top_p):
+    probs, order = logits.softmax(-1).sort(-1, descending=True)
+    drop = probs.cumsum(-1) > top_p  # drops the token that reaches top_p: the nucleus comes out too small
+    drop[:, 0] = False
+    return logits.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+
+
+def _top_p_that_may_drop_everything(logits, top_p):
+    probs, order = logits.softmax(-1).sort(-1, descending=True)
+    drop = probs.cumsum(-1) - probs >= top_p
+    drop |= probs > top_p  # "a token above top_p alone is too likely": wrong, and can empty the row
+    return logits.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+
+
+def _wald_interval(successes, n):
+    p = successes / n
+    half = 1.96 * math.sqrt(p * (1 - p) / n)  # the textbook interval: [0, 0] at 0 successes
+    return p - half, p + half
+
+
+def _first_stop(ids, stop_ids):
+    is_stop = torch.isin(ids, torch.tensor(stop_ids))
+    return torch.where(is_stop.any(1), is_stop.int().argmax(1), ids.shape[1])
+
+
+def _unpaired_interval(after, before, scale=100.0):
+    after, before = scale * np.asarray(after, float), scale * np.asarray(before, float)
+    rng = np.random.default_rng(0)
+    n = len(after)
+    means = after[rng.integers(0, n, (2000, n))].mean(1) - before[rng.integers(0, n, (2000, n))].mean(1)
+    return float(after.mean() - before.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def _lora_with_square_attention(shape, rank, targets):
+    h, i = shape.hidden_size, shape.intermediate_size
+    square = {"gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}  # every attention layer h x h
+    return shape.n_layers * sum(rank * sum(square.get(t, (h, h))) for t in targets)
+
+
 PLANTED = [  # (exercise, a common mistake, words the explanation must contain)
     ("group_advantages", _population_std, "groups of 2"),
     ("group_advantages", _nan_for_flat_groups, "all equal (its advantages must be exactly 0, not NaN): NaN"),
@@ -63,6 +104,35 @@ PLANTED = [  # (exercise, a common mistake, words the explanation must contain)
     ("keep", lambda t, c, d, cap: sorted(set(x for x, ok in zip(t, c) if ok))[:cap], "dedup on, no cap"),  # order lost
     ("keep", lambda t, c, d, cap: list(dict.fromkeys([x for x, ok in zip(t, c) if ok][:cap])), "cap 2"),  # cap first
     ("keep", lambda t, c, d, cap: list(dict.fromkeys(t))[:cap], "dedup on, no cap"),  # keeps the wrong ones too
+    ("wilson_interval", _wald_interval, "0 right of 20"),
+    ("same_number", lambda p, g: p == g, "'18.00' and '18'"),  # strings, not numbers
+    ("same_number", lambda p, g: p is not None and float(p) == float(g), "a thousands separator"),  # raises
+    ("rloo_advantages", lambda r, g: r - r.view(-1, g).mean(1).repeat_interleave(g), "random rewards"),  # self in
+    ("zero_std_share", lambda r, g: (r.view(-1, g).sum(1) == 0).float().mean().item(), "one all right"),
+    ("dpo_pair_losses", lambda pc, pr, rc, rr, b: -torch.nn.functional.logsigmoid(b * (pc - pr)), "random summed"),
+    (
+        "dpo_pair_losses",
+        lambda pc, pr, rc, rr, b: -torch.nn.functional.logsigmoid(b * (pc - rc - pr + rr)).mean(),
+        "expected shape",
+    ),  # the batch mean, not one loss per pair
+    ("count_parameters", lambda m: sum(v.numel() for v in m.state_dict().values()), "tied"),  # tied twice, buffers
+    ("count_parameters", lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad), "frozen"),
+    ("top_p_filter", _top_p_without_the_crossing_token, "random logits"),
+    ("top_p_filter", _top_p_that_may_drop_everything, "0.01"),
+    ("token_logprobs", lambda z, y: z.softmax(-1).log().gather(-1, y.unsqueeze(-1)).squeeze(-1), "large logits"),
+    ("token_logprobs", lambda z, y: z.log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1), "bfloat16"),
+    ("completion_lengths", lambda ids, s: _first_stop(ids, s), "the stop token counts"),  # the stop left out
+    ("completion_lengths", lambda ids, s: _first_stop(ids, s[:1]) + 1, "two stop ids"),  # only the first EOS id
+    ("completion_lengths", lambda ids, s: torch.isin(ids, torch.tensor(s)).int().argmax(1) + 1, "no stop token"),
+    ("majority_answer", lambda a: Counter(a).most_common(1)[0][0], "not votes"),  # None counted as an answer
+    ("majority_answer", lambda a: max(reversed([x for x in a if x]), key=a.count, default=None), "tie"),
+    ("paired_interval", _unpaired_interval, "same difficulty"),
+    ("paired_interval", lambda after, before: _unpaired_interval(after, before, scale=1.0), "element 0"),  # not points
+    ("lora_params", lambda shape, r, ts: sum(r * sum(shape.linear_shapes()[t]) for t in ts), "Qwen2.5-1.5B"),
+    ("lora_params", _lora_with_square_attention, "grouped-query"),
+    ("optimizer_bytes", lambda n, prec, z, g, off: 0 if off else 8 * n / (g if z else 1), "bf16 mixed precision"),
+    ("optimizer_bytes", lambda n, prec, z, g, off: 0 if off else n * (12 if prec == "bf16" else 8) / g, "plain data"),
+    ("optimizer_bytes", lambda n, prec, z, g, off: n * (12 if prec == "bf16" else 8) / (g if z else 1), "offloaded"),
 ]
 
 

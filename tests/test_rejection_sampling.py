@@ -170,3 +170,54 @@ def test_a_pool_from_a_saved_evaluation_grades_every_completion():
         "distinct": 1,
         "kept": 1,
     }
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["continue-one-adapter", "restart-from-base"])
+def test_expert_iteration_continues_one_adapter_or_restarts_each_round_from_the_base(tmp_path, monkeypatch, restart):
+    """Continuing: round 2 trains round 1's model further (no new adapter). Restarting (STaR, ReST-EM):
+    round 2 trains a fresh copy of the untouched base with a new adapter, on samples from round 1's model."""
+    from course_lib.config import get_profile
+    from course_lib.data import pocket_math
+    from course_lib.models import load_pocket_model, lora_config
+    from course_lib.train import expert_iteration as module
+
+    model, tokenizer = load_pocket_model()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    trained_by_round, sampled_from = [], []
+    real_trainer, real_pool = module.sft_trainer, module.sample_pool
+
+    def spy_trainer(profile, round_model, tok, records, out, settings, lora=None, progress=True):
+        start = {k: v.clone() for k, v in round_model.state_dict().items()}  # before the trainer wraps it
+        trainer = real_trainer(profile, round_model, tok, records, out, settings, lora=lora, progress=progress)
+        trained_by_round.append(
+            {"model": round_model, "start": start, "new_adapter": lora is not None, "trained": trainer.model}
+        )
+        return trainer
+
+    def spy_pool(source, *args, **kwargs):
+        sampled_from.append(source)
+        return real_pool(source, *args, **kwargs)
+
+    monkeypatch.setattr(module, "sft_trainer", spy_trainer)
+    monkeypatch.setattr(module, "sample_pool", spy_pool)
+    settings = RSSettings(rounds=2, questions_per_round=6, k=4, max_new_tokens=64, batch_size=4, learning_rate=1e-3)
+    trained, _ = expert_iteration(
+        model,
+        tokenizer,
+        get_profile("pocket"),
+        settings,
+        lambda r: pocket_math.generate(6, "train", seed=10 + r, max_steps=2),
+        tmp_path,
+        lora=lora_config(),
+        progress=False,
+        restart_from_base=restart,
+    )
+    first, second = trained_by_round
+    assert sampled_from[1] is first["trained"], "round 2 samples from the model round 1 trained, either way"
+    assert trained is second["trained"]
+    if restart:
+        assert second["new_adapter"] and second["model"] is not first["trained"]
+        assert second["start"].keys() == base.keys(), "round 2 must start from a model without an adapter"
+        assert all(torch.equal(second["start"][k], base[k]) for k in base), "round 2 must start from the base"
+    else:
+        assert not second["new_adapter"] and second["model"] is first["trained"]

@@ -174,12 +174,12 @@ def test_greedy_decoding_equals_transformers_generate(pocket):
 
 
 def test_top_p_keeps_the_nucleus_only():
-    from course_lib.sampling import _top_p
+    from course_lib.sampling import top_p_filter
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = torch.isfinite(_top_p(logits, 0.7))
+    kept = torch.isfinite(top_p_filter(logits, 0.7))
     assert kept.tolist() == [[True, True, False, False]]  # 0.5 + 0.3 reach 0.7
-    assert torch.isfinite(_top_p(logits, 0.01)).sum() == 1  # the most likely token always stays
+    assert torch.isfinite(top_p_filter(logits, 0.01)).sum() == 1  # the most likely token always stays
 
 
 def test_draws_follow_the_distribution():

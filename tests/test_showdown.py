@@ -266,3 +266,33 @@ def test_between_arms_gives_every_pair_its_paired_change_and_the_behaviour_share
     assert "## Between arms" in markdown_report(report)
     for r in report.arms.values():
         assert set(r.behaviours) == set(BEHAVIOURS) and sum(r.behaviours.values()) == pytest.approx(1.0)
+
+
+def test_an_arm_whose_filter_keeps_nothing_is_the_base_untrained(fast_run, tmp_path, monkeypatch):
+    """A weak model can leave no correct sample in the pool (SmolLM2 on 24 GSM8K questions x 4): SFT-RS
+    and ORPO then train nothing, say so (0 rows, 0 steps), and carry the base's measurement."""
+    import shutil
+
+    profile = get_profile("pocket", fast=True)
+    plan = plan_for(profile)
+    shutil.copytree(fast_run / "arms-pocket-fast", tmp_path / "arms-pocket-fast")
+    pool_path = tmp_path / "arms-pocket-fast" / "pool.json"
+    pool = json.loads(pool_path.read_text())
+    pool["correct"] = [[False] * len(c) for c in pool["correct"]]  # nothing right
+    pool_path.write_text(json.dumps(pool))
+    for arm in ("sft_rs", "orpo"):
+        (tmp_path / "arms-pocket-fast" / f"{arm}.json").unlink()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("nothing passed the filter, so nothing may be trained or evaluated again")
+
+    for name in ("sft_trainer", "orpo_trainer", "load_policy", "load_model"):
+        monkeypatch.setattr(showdown, name, refuse)
+    report = showdown.run_showdown(profile, plan, out_dir=tmp_path, progress=False, log=lambda _: None)
+    base = report.to_json()["arms"]["base"]
+    for arm in ("sft_rs", "orpo"):
+        record = report.to_json()["arms"][arm]
+        assert record["metrics"] == base["metrics"] and record["per_problem"] == base["per_problem"]
+        assert record["budget"]["sequences_trained_on"] == 0 and record["budget"]["optimizer_steps"] == 0
+        assert record["budget"]["completions_generated"] == plan.completions_per_arm
+    assert all(c.points == 0 for c in report.changes["sft_rs"].values())

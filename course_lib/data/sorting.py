@@ -1,8 +1,8 @@
 """The pocket model's third skill: putting a few numbers in order (a procedure, not a fact).
 
 A second thing the base model can do that no post-training lesson trains on, beside the facts
-of ``facts.py``: the facts test memory, this tests a small procedure. Lesson 10 measures how
-much of each survives SFT and GRPO on maths ("Scalpel vs. Hammer")::
+of ``facts.py``: the facts test memory, this tests a small procedure. Both are there to measure
+how much of each survives SFT and GRPO on maths (the question of Rajani et al., "Scalpel vs. Hammer")::
 
     user:      Put these numbers in order, smallest first: 34, 12, 56.
     assistant: 12, 34, 56

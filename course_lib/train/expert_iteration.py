@@ -7,12 +7,19 @@ stronger model that does not change between rounds: distillation. This is the EM
 of expert iteration (Anthony et al. 2017), STaR (Zelikman et al. 2022) and ReST-EM (Singh et
 al. 2023): the E-step samples and filters, the M-step is SFT.
 
+Two ways to run the M-step, which write-ups often blur: *continue* one adapter from round to
+round (the default here), or *restart* every round from the base model and fine-tune a fresh
+adapter on that round's samples only (``restart_from_base=True``), as STaR and ReST-EM do, so
+that errors of early rounds' training cannot accumulate; the samples still come from the latest
+model, so what improves from round to round is the data.
+
 :class:`RSSettings` configures both halves: the sampling and filtering (k, temperature,
 dedup, cap) and the SFT of each round (learning rate, batch, epochs).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +76,7 @@ def expert_iteration(
     system_prompt: str | None = None,
     progress: bool = True,
     on_round: Callable[[dict], None] | None = None,
+    restart_from_base: bool = False,
 ):
     """N rounds of sample -> filter -> SFT. Returns ``(model, yields)``.
 
@@ -78,10 +86,13 @@ def expert_iteration(
     the model being trained (expert iteration: each round samples from the last round's
     model). ``lora``: a PEFT ``LoraConfig`` to train an adapter instead of every weight.
     ``yields`` is a DataFrame with one row per round (see :func:`pool_yield`) plus the SFT
-    loss; ``on_round`` receives each row as it is made.
+    loss; ``on_round`` receives each row as it is made. ``restart_from_base``: every round trains
+    a fresh copy of the base model (and a fresh ``lora`` adapter) on that round's samples, as
+    STaR and ReST-EM do, instead of continuing the last round's model.
     """
     rows = []
     adapter = lora  # wrapped into the model by the first round that trains, then kept
+    base = copy.deepcopy(model) if restart_from_base else None  # the untouched start of every round
     for r in range(settings.rounds):
         problems = problems_for_round(r)
         source = teacher if teacher is not None else model
@@ -101,6 +112,8 @@ def expert_iteration(
         row = {"round": r + 1, **pool_yield(pool, records)}
         if records:
             round_settings = dataclasses.replace(settings, seed=settings.seed + r)
+            if base is not None:  # ReST-EM: this round's data, the base's weights, a new adapter
+                model, adapter = copy.deepcopy(base), lora
             trainer = sft_trainer(
                 profile,
                 model,

@@ -6,8 +6,9 @@ the loop. Facts that matter (TRL 1.16):
 
 * TRL's default learning rate (1e-6) is far too small and its ``max_completion_length``
   (512) far too long for the pocket model; the settings carry the course's values.
-* ``per_device_train_batch_size`` counts completions, not prompts, and must be a multiple
-  of ``num_generations``: P prompts x G completions is ``P * G``.
+* ``per_device_train_batch_size`` counts completions, not prompts: P prompts x G completions
+  is ``P * G`` per step, split into micro-batches of ``micro_batch_size`` by gradient
+  accumulation (:func:`trl_micro_batches`).
 * Our learning rate is constant (``lr_scheduler_type="constant"``, no warm-up), as in our loop.
 * TRL 1.16 lets a ``rollout_func`` replace its generation step (experimental in TRL): with
   ``course_sampler=True`` the trainer's rollouts come from :func:`course_lib.sampling.sample`,
@@ -37,11 +38,13 @@ from course_lib.train.trainers import device_args, drop_printer
 def grpo_config(profile: Profile, output_dir: str | Path, settings: GRPOSettings = GRPOSettings(), **overrides):
     """TRL's ``GRPOConfig`` with the same algorithm as ``settings`` (and a constant learning
     rate, as in our loop). ``overrides`` are passed to ``GRPOConfig`` last."""
+    micro, accumulate = trl_micro_batches(settings)
     args = dict(
         output_dir=str(output_dir),
         max_steps=settings.steps,
         seed=settings.seed,
-        per_device_train_batch_size=settings.prompts_per_step * settings.group_size,  # completions
+        per_device_train_batch_size=micro,  # completions per forward/backward
+        gradient_accumulation_steps=accumulate,  # one optimizer step per P x G completions, as our loop
         num_generations=settings.group_size,
         num_iterations=settings.num_iterations,
         learning_rate=settings.learning_rate,
@@ -64,6 +67,21 @@ def grpo_config(profile: Profile, output_dir: str | Path, settings: GRPOSettings
     )
     args.update(overrides)
     return GRPOConfig(**args)
+
+
+def trl_micro_batches(settings: GRPOSettings) -> tuple[int, int]:
+    """(completions per forward/backward, accumulation steps) for TRL: ``micro_batch_size``
+    completions at a time where it divides the step's P x G, else the whole step in one pass.
+
+    TRL samples the whole generation batch (``per_device_train_batch_size`` x
+    ``gradient_accumulation_steps`` = P x G) at once and splits it for the backward passes, so
+    an optimizer step still sees all P x G completions; only the peak memory shrinks (16 SmolLM2
+    completions of 256 tokens in one fp32 pass need about 19 GB, 4 at a time about a quarter)."""
+    completions = settings.prompts_per_step * settings.group_size
+    micro = settings.micro_batch_size
+    if micro < completions and completions % micro == 0:
+        return micro, completions // micro
+    return completions, 1
 
 
 def problems_dataset(problems: list[dict], tokenizer, system_prompt: str | None = None) -> Dataset:

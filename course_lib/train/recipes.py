@@ -36,9 +36,16 @@ GRPO: dict[str, GRPOSettings] = {
     # SmolLM2-135M-Instruct on GSM8K, 2 CPU cores, LoRA: a step of 4 prompts x 4 completions (256 tokens)
     # took 155 s in the laptop showdown with our sampler and 143 s with generate (TRL's trainer, KL
     # term): the forward and backward of 16 sequences through 134.5 M weights, not the sampling, fill
-    # the step, so a learner's 15 minutes buy about 6 steps. Its effect on accuracy is not measured yet.
+    # the step, so a learner's 15 minutes buy about 6 steps. All 16 in one fp32 pass peaked at 19 GB and
+    # the process was killed for memory at step 3 of a 24 GiB machine: 4 completions per forward/backward.
     "laptop": GRPOSettings(
-        steps=6, prompts_per_step=4, group_size=4, learning_rate=1e-4, max_new_tokens=256, sample_batch_size=64
+        steps=6,
+        prompts_per_step=4,
+        group_size=4,
+        learning_rate=1e-4,
+        max_new_tokens=256,
+        micro_batch_size=4,
+        sample_batch_size=64,
     ),
     "gpu": GRPOSettings(
         steps=250,
