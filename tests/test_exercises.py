@@ -107,6 +107,7 @@ PLANTED = [  # (exercise, a common mistake, words the explanation must contain)
     ("wilson_interval", _wald_interval, "0 right of 20"),
     ("same_number", lambda p, g: p == g, "'18.00' and '18'"),  # strings, not numbers
     ("same_number", lambda p, g: p is not None and float(p) == float(g), "a thousands separator"),  # raises
+    ("same_number", lambda p, g: p is not None and float(p.strip("$").replace(",", "")) == float(g), "as floats"),
     ("rloo_advantages", lambda r, g: r - r.view(-1, g).mean(1).repeat_interleave(g), "random rewards"),  # self in
     ("zero_std_share", lambda r, g: (r.view(-1, g).sum(1) == 0).float().mean().item(), "one all right"),
     ("dpo_pair_losses", lambda pc, pr, rc, rr, b: -torch.nn.functional.logsigmoid(b * (pc - pr)), "random summed"),

@@ -300,3 +300,17 @@ def test_load_teacher_is_the_stronger_pocket_model():
     assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), shipped.state_dict().values()))
     with pytest.raises(ValueError, match="teacher_model"):
         load_teacher(dataclasses.replace(get_profile("pocket"), teacher_model=None))
+
+
+def test_trl_takes_micro_batches_that_divide_the_step_and_keeps_one_optimizer_step_per_generation(tmp_path):
+    """TRL splits the P x G completions of a step into micro-batches by gradient accumulation: the
+    largest size up to micro_batch_size that divides P x G (the laptop was killed for memory in one pass)."""
+    from course_lib.train.grpo_trl import trl_micro_batches
+
+    settings = GRPOSettings(steps=2, prompts_per_step=4, group_size=4, micro_batch_size=4)
+    assert trl_micro_batches(settings) == (4, 4)
+    assert trl_micro_batches(dataclasses.replace(settings, micro_batch_size=6)) == (4, 4)  # 6 does not divide 16
+    assert trl_micro_batches(dataclasses.replace(settings, micro_batch_size=64)) == (16, 1)
+    args = grpo_config(get_profile("pocket"), tmp_path, settings)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 4)
+    assert args.generation_batch_size == 16 and args.steps_per_generation == 4  # one generation per optimizer step

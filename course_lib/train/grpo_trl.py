@@ -70,18 +70,18 @@ def grpo_config(profile: Profile, output_dir: str | Path, settings: GRPOSettings
 
 
 def trl_micro_batches(settings: GRPOSettings) -> tuple[int, int]:
-    """(completions per forward/backward, accumulation steps) for TRL: ``micro_batch_size``
-    completions at a time where it divides the step's P x G, else the whole step in one pass.
+    """(completions per forward/backward, accumulation steps) for TRL: the largest number of
+    completions up to ``micro_batch_size`` that divides the step's P x G.
 
     TRL samples the whole generation batch (``per_device_train_batch_size`` x
     ``gradient_accumulation_steps`` = P x G) at once and splits it for the backward passes, so
     an optimizer step still sees all P x G completions; only the peak memory shrinks (16 SmolLM2
-    completions of 256 tokens in one fp32 pass need about 19 GB, 4 at a time about a quarter)."""
+    completions of 256 tokens in one fp32 pass need about 19 GB, 4 at a time about a quarter).
+    The loss is the same as in one pass for ``dapo``, ``grpo`` and ``dr_grpo``; TRL 1.16's ``bnpo``
+    normalises per micro-batch, so it then differs from the whole batch's ``bnpo``."""
     completions = settings.prompts_per_step * settings.group_size
-    micro = settings.micro_batch_size
-    if micro < completions and completions % micro == 0:
-        return micro, completions // micro
-    return completions, 1
+    micro = max(d for d in range(1, min(settings.micro_batch_size, completions) + 1) if completions % d == 0)
+    return micro, completions // micro
 
 
 def problems_dataset(problems: list[dict], tokenizer, system_prompt: str | None = None) -> Dataset:
