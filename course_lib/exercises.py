@@ -227,10 +227,6 @@ def _logprob_cases() -> list[Case]:
     ]
 
 
-def _reference_lengths(ids: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
-    return completion_lengths(ids, stop_ids)
-
-
 def _length_cases() -> list[Case]:
     ids = torch.tensor([[5, 6, 2, 7, 2], [5, 2, 9, 9, 9], [5, 6, 7, 8, 9], [2, 6, 7, 8, 9]])
     two_eos = torch.tensor([[5, 6, 1, 7, 2], [5, 2, 9, 1, 9]])
@@ -426,7 +422,7 @@ EXERCISES: dict[str, Exercise] = {
         "token_logprobs(logits: (B, T, V), targets: (B, T) ids) -> (B, T) float32", token_logprobs, _logprob_cases
     ),
     "completion_lengths": Exercise(
-        "completion_lengths(ids: (N, T), stop_ids: list[int]) -> (N,) lengths", _reference_lengths, _length_cases
+        "completion_lengths(ids: (N, T), stop_ids: list[int]) -> (N,) lengths", completion_lengths, _length_cases
     ),
     "majority_answer": Exercise(
         "majority_answer(answers: list[str | None]) -> str | None", majority_answer, _majority_cases
@@ -486,11 +482,8 @@ def _copy(a):
 def _difference(got, expected, atol: float) -> str | None:
     """None when ``got`` matches ``expected``; else what differs, in words."""
     if isinstance(expected, bool):
-        return (
-            None
-            if got is expected or (isinstance(got, bool | np.bool_) and bool(got) == expected)
-            else (f"expected {expected}, got {got!r}")
-        )
+        same = isinstance(got, bool | np.bool_) and bool(got) == expected
+        return None if same else f"expected {expected}, got {got!r}"
     if isinstance(expected, list) or expected is None or isinstance(expected, str):
         return None if got == expected else f"expected {expected!r}, got {got!r}"
     if isinstance(expected, tuple):

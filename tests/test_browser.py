@@ -225,20 +225,28 @@ def find_cell(page, needle: str):
     return index, page.locator(f'[data-course-test="{needle}"]')
 
 
-def run_cells(page, lab: Lab, last: int | None = None) -> None:
+def run_cells(page, last: int | None = None) -> None:
     """Run every cell (or those up to index ``last``) as a learner's "Run All" does; fail on an error."""
     if last is None:
         page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
         last = page.evaluate("window.jupyterapp.shell.currentWidget.content.widgets.length - 1")
     else:
         page.evaluate(
-            """(last) => { const nb = window.jupyterapp.shell.currentWidget.content;
-                 nb.activeCellIndex = last;
-                 return window.jupyterapp.commands.execute('notebook:run-all-above')
-                   .then(() => window.jupyterapp.commands.execute('notebook:run-cell')); }""",
+            """(last) => { window.jupyterapp.shell.currentWidget.content.activeCellIndex = last;
+                           return window.jupyterapp.commands.execute('notebook:run-all-above'); }""",
             last,
         )
+        start_cell(page, last)
     wait_for_cells(page, last)
+
+
+def start_cell(page, index: int) -> None:
+    """Queue the cell at ``index`` for the kernel, without waiting for it."""
+    page.evaluate(
+        """(i) => { window.jupyterapp.shell.currentWidget.content.activeCellIndex = i;
+                    window.jupyterapp.commands.execute('notebook:run-cell'); }""",
+        index,
+    )
 
 
 def wait_for_cells(page, last: int) -> None:
@@ -284,7 +292,7 @@ def test_advantage_explorer_slider_redraws_the_plot(chromium, labs, figures):
     page = chromium.new_page(viewport={"width": 1400, "height": 1000})
     try:
         open_lesson(page, lab, "03_advantages.ipynb")
-        run_cells(page, lab)
+        run_cells(page)
         _, cell = find_cell(page, "advantage_explorer()")
         cell.locator(".js-plotly-plot").first.wait_for(timeout=REDRAW_S * 1000)
         assert_drawn_by(cell, figures)
@@ -329,12 +337,8 @@ def test_live_curves_grow_while_grpo_trains(chromium, labs):
     try:
         open_lesson(page, lab, "05_grpo_from_scratch.ipynb")
         index, cell = find_cell(page, "LiveCurves(")
-        run_cells(page, lab, last=index - 1)  # everything the training cell needs
-        page.evaluate(
-            """(i) => { window.jupyterapp.shell.currentWidget.content.activeCellIndex = i;
-                        window.jupyterapp.commands.execute('notebook:run-cell'); }""",
-            index,
-        )
+        run_cells(page, last=index - 1)  # everything the training cell needs
+        start_cell(page, index)
         seen = []  # the reward curve's length each time it changed, while the cell was still running
         deadline = time.monotonic() + LESSON_S
         while page.evaluate(CELLS_DONE, index) is None:

@@ -94,28 +94,35 @@ def test_sample_pool_grades_each_sample(pocket):
     assert again.texts == pool.texts  # seeded
 
 
-def test_expert_iteration_two_rounds_with_lora(tmp_path):
-    """Two real rounds (sample -> filter -> TRL SFT with LoRA): the yield table has a row per
-    round, only the adapter's weights move, and the second round samples from the trained model."""
+def _two_rounds(model, tokenizer, output_dir, **options):
+    """Two real rounds of expert iteration with LoRA on 6 fresh pocket-math questions each (k = 4)."""
     from course_lib.config import get_profile
     from course_lib.data import pocket_math
-    from course_lib.models import load_pocket_model, lora_config
+    from course_lib.models import lora_config
 
-    model, tokenizer = load_pocket_model()
-    base = {k: v.clone() for k, v in model.state_dict().items()}
     settings = RSSettings(rounds=2, questions_per_round=6, k=4, max_new_tokens=64, batch_size=4, learning_rate=1e-3)
-    seen = []
-    trained, yields = expert_iteration(
+    return expert_iteration(
         model,
         tokenizer,
         get_profile("pocket"),
         settings,
         lambda r: pocket_math.generate(6, "train", seed=10 + r, max_steps=2),
-        tmp_path,
+        output_dir,
         lora=lora_config(),
         progress=False,
-        on_round=seen.append,
+        **options,
     )
+
+
+def test_expert_iteration_two_rounds_with_lora(tmp_path):
+    """Two real rounds (sample -> filter -> TRL SFT with LoRA): the yield table has a row per
+    round, only the adapter's weights move, and the second round samples from the trained model."""
+    from course_lib.models import load_pocket_model
+
+    model, tokenizer = load_pocket_model()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    trained, yields = _two_rounds(model, tokenizer, tmp_path, on_round=seen.append)
     assert list(yields.index) == [1, 2] and len(seen) == 2
     assert (yields["solved"] > 0).all() and (yields["kept"] <= 4 * 6).all()
     assert (yields["sft_steps"] > 0).all() and yields["sft_loss"].notna().all()
@@ -176,9 +183,7 @@ def test_a_pool_from_a_saved_evaluation_grades_every_completion():
 def test_expert_iteration_continues_one_adapter_or_restarts_each_round_from_the_base(tmp_path, monkeypatch, restart):
     """Continuing: round 2 trains round 1's model further (no new adapter). Restarting (STaR, ReST-EM):
     round 2 trains a fresh copy of the untouched base with a new adapter, on samples from round 1's model."""
-    from course_lib.config import get_profile
-    from course_lib.data import pocket_math
-    from course_lib.models import load_pocket_model, lora_config
+    from course_lib.models import load_pocket_model
     from course_lib.train import expert_iteration as module
 
     model, tokenizer = load_pocket_model()
@@ -200,18 +205,7 @@ def test_expert_iteration_continues_one_adapter_or_restarts_each_round_from_the_
 
     monkeypatch.setattr(module, "sft_trainer", spy_trainer)
     monkeypatch.setattr(module, "sample_pool", spy_pool)
-    settings = RSSettings(rounds=2, questions_per_round=6, k=4, max_new_tokens=64, batch_size=4, learning_rate=1e-3)
-    trained, _ = expert_iteration(
-        model,
-        tokenizer,
-        get_profile("pocket"),
-        settings,
-        lambda r: pocket_math.generate(6, "train", seed=10 + r, max_steps=2),
-        tmp_path,
-        lora=lora_config(),
-        progress=False,
-        restart_from_base=restart,
-    )
+    trained, _ = _two_rounds(model, tokenizer, tmp_path, restart_from_base=restart)
     first, second = trained_by_round
     assert sampled_from[1] is first["trained"], "round 2 samples from the model round 1 trained, either way"
     assert trained is second["trained"]

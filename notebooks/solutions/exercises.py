@@ -5,6 +5,7 @@ from the formulas, without calling the library, so they can be read next to the 
 """
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -151,7 +152,6 @@ def wilson_interval(successes: int, n: int) -> tuple[float, float]:
 def same_number(predicted: str | None, gold: str) -> bool:
     """Lesson 02: whether two answer strings are the same number, exactly (fractions, not floats);
     never raises: anything that is not a number is simply not equal."""
-    from fractions import Fraction
 
     def value(text):
         if not isinstance(text, str):
