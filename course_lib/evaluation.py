@@ -115,11 +115,12 @@ class PairedChange:
         return "better" if self.ci_low > 0 else "worse" if self.ci_high < 0 else "cannot tell"
 
 
-def paired_difference(after, before, n_boot: int = 2000, seed: int = 0) -> PairedChange:
+def paired_difference(after, before, n_boot: int = 2000, seed: int = 0, scale: float = 100) -> PairedChange:
     """Mean of ``after - before`` over the same problems, in points, with a paired bootstrap
     interval: both models are resampled on the *same* problems, so problem difficulty cancels
-    and the interval is narrower than two separate intervals side by side."""
-    diff = 100 * (np.asarray(after, dtype=float) - np.asarray(before, dtype=float))
+    and the interval is narrower than two separate intervals side by side. ``scale`` turns the
+    values' unit into the change's (100: shares into points; 1: e.g. log-probs in nats)."""
+    diff = scale * (np.asarray(after, dtype=float) - np.asarray(before, dtype=float))
     low, high = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
     return PairedChange(float(diff.mean()), low, high)
 
@@ -313,11 +314,15 @@ def before_after(before: EvalResult, after: EvalResult) -> pd.DataFrame:
 def pass_at_k_curve(result: EvalResult, ks: list[int] | None = None) -> pd.DataFrame:
     """pass@k for every k in ``ks`` (default 1, 2, 4, ... up to the samples per problem), estimated
     without bias from all n samples of each problem, with a 95 % bootstrap interval over problems."""
-    n = int(result.per_problem["n"].min())
+    return pass_at_k_from_counts(list(result.per_problem["n_correct"]), int(result.per_problem["n"].min()), ks)
+
+
+def pass_at_k_from_counts(n_correct: list[int], n: int, ks: list[int] | None = None) -> pd.DataFrame:
+    """:func:`pass_at_k_curve` from each problem's count of correct samples out of ``n``."""
     ks = ks or [2**i for i in range(n.bit_length()) if 2**i <= n]
     rows = []
     for k in ks:
-        values = [pass_at_k(int(r.n), int(r.n_correct), k) for r in result.per_problem.itertuples()]
+        values = [pass_at_k(n, int(c), k) for c in n_correct]
         low, high = bootstrap_ci(values)
         rows.append({"k": k, "pass@k": float(np.mean(values)), "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows).set_index("k")
@@ -393,6 +398,24 @@ def saved_values(names: dict[str, str], profile: Profile, runs_dir="runs") -> di
     return found
 
 
+def facts_item_scores(model, tokenizer, probe: list[dict]) -> list[dict]:
+    """Each held-out fact scored as multiple choice by log-likelihood: one dict per item with
+    ``correct`` (the gold candidate scores highest), ``gold_logprob`` (the sum of its tokens'
+    log-probs after the prompt) and ``chance`` (1 / candidates). Per item, so that two models
+    can be compared item by item (a paired change)."""
+    items = []
+    for item in probe:
+        prompt = format_prompt(tokenizer, item["question"])
+        candidates = list(item["candidates"].items())
+        scores = log_likelihood(
+            model, tokenizer, [prompt] * len(candidates), [text + tokenizer.eos_token for _, text in candidates]
+        )
+        best = candidates[int(torch.argmax(scores))][0]
+        gold = float(scores[[v for v, _ in candidates].index(item["answer"])])
+        items.append({"correct": best == item["answer"], "gold_logprob": gold, "chance": 1 / len(candidates)})
+    return items
+
+
 def facts_probe(model, tokenizer, probe: list[dict]) -> dict[str, float]:
     """Score the held-out facts probe as multiple choice by log-likelihood.
 
@@ -401,29 +424,24 @@ def facts_probe(model, tokenizer, probe: list[dict]) -> dict[str, float]:
     scores highest. Returns ``accuracy``, ``chance`` and ``mean_gold_logprob`` (a
     smooth measure that moves before accuracy does: useful for spotting forgetting).
     """
-    correct, gold_logps, chance = 0, [], []
-    for item in probe:
-        prompt = format_prompt(tokenizer, item["question"])
-        candidates = list(item["candidates"].items())
-        scores = log_likelihood(
-            model, tokenizer, [prompt] * len(candidates), [text + tokenizer.eos_token for _, text in candidates]
-        )
-        best = candidates[int(torch.argmax(scores))][0]
-        correct += best == item["answer"]
-        gold_logps.append(float(scores[[v for v, _ in candidates].index(item["answer"])]))
-        chance.append(1 / len(candidates))
+    items = facts_item_scores(model, tokenizer, probe)
     return {
-        "accuracy": correct / len(probe),
-        "chance": float(np.mean(chance)),
-        "mean_gold_logprob": float(np.mean(gold_logps)),
-        "n_items": len(probe),
+        "accuracy": float(np.mean([i["correct"] for i in items])),
+        "chance": float(np.mean([i["chance"] for i in items])),
+        "mean_gold_logprob": float(np.mean([i["gold_logprob"] for i in items])),
+        "n_items": len(items),
     }
+
+
+def sorting_item_scores(model, tokenizer, items: list[dict], batch_size: int = 128) -> list[bool]:
+    """Whether each held-out sorting list (``data.sorting.probe_set``) is answered exactly, greedily."""
+    prompts = [format_prompt(tokenizer, item["question"]) for item in items]
+    samples = sample(model, tokenizer, prompts, n=1, temperature=0.0, max_new_tokens=40, batch_size=batch_size)
+    return [text.strip() == item["solution"] for text, item in zip(samples.texts, items)]
 
 
 def sorting_probe(model, tokenizer, items: list[dict], batch_size: int = 128) -> dict[str, float]:
     """The held-out sorting lists (``data.sorting.probe_set``), answered greedily: ``accuracy`` (the
     whole list in order, exactly) and ``n_items``. A skill no post-training lesson trains."""
-    prompts = [format_prompt(tokenizer, item["question"]) for item in items]
-    samples = sample(model, tokenizer, prompts, n=1, temperature=0.0, max_new_tokens=40, batch_size=batch_size)
-    right = [text.strip() == item["solution"] for text, item in zip(samples.texts, items)]
+    right = sorting_item_scores(model, tokenizer, items, batch_size)
     return {"accuracy": sum(right) / len(items), "n_items": len(items)}

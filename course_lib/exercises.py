@@ -266,7 +266,7 @@ def _paired_cases() -> list[Case]:
     ]
 
 
-# --- lesson 10: memory, counted by hand ------------------------------------------------------------
+# --- lesson 11: memory, counted by hand ------------------------------------------------------------
 
 
 def _lora_cases() -> list[Case]:
@@ -370,6 +370,41 @@ def _dpo_cases() -> list[Case]:
     ]
 
 
+def _relative_change_reference(after: torch.Tensor, before: torch.Tensor) -> float:
+    return float((after - before).norm() / before.norm())
+
+
+def _relative_change_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(40, 24, generator=g) * 0.05
+    return [
+        Case("a random 40 x 24 matrix and a small random update", (w + 0.01 * torch.randn(40, 24, generator=g), w)),
+        Case("the matrix scaled by 1.5 (the change is half the base's norm: 0.5)", (1.5 * w, w)),
+        Case("a norm's gain vector, ones moved by +-0.02", (torch.ones(16) + 0.02 * torch.randn(16, generator=g),
+                                                            torch.ones(16))),
+        Case("a matrix with zero entries that moved (a ratio per entry would divide by 0)",
+             (torch.tensor([[0.1, 0.0], [0.0, -0.1]]), torch.tensor([[0.1, 0.0], [0.2, -0.1]]))),
+    ]  # fmt: skip
+
+
+def _group_change_reference(afters: list[torch.Tensor], befores: list[torch.Tensor]) -> float:
+    delta = sum(float((a - b).pow(2).sum()) for a, b in zip(afters, befores))
+    return (delta / sum(float(b.pow(2).sum()) for b in befores)) ** 0.5
+
+
+def _group_change_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(1)
+    big, small = torch.randn(64, 64, generator=g), torch.randn(4, generator=g)
+    layers = [torch.randn(8, 8, generator=g) for _ in range(3)]
+    moved = [x + 0.1 * torch.randn(8, 8, generator=g) for x in layers]
+    return [
+        Case("three equal-size layers, each moved a little", (moved, layers)),
+        Case("a big matrix unchanged and a 4-entry vector doubled (the group barely moved)", ([big, 2 * small],
+                                                                                              [big, small])),
+        Case("one matrix alone (the group's change is its own)", ([1.2 * big], [big])),
+    ]  # fmt: skip
+
+
 EXERCISES: dict[str, Exercise] = {
     "group_advantages": Exercise(
         "group_advantages(rewards: (N,) tensor, group_size: int) -> (N,) tensor",
@@ -441,6 +476,14 @@ EXERCISES: dict[str, Exercise] = {
         _reference_optimizer,
         _optimizer_cases,
         atol=0.5,
+    ),
+    "relative_change": Exercise(
+        "relative_change(after: Tensor, before: Tensor) -> float", _relative_change_reference, _relative_change_cases
+    ),
+    "group_relative_change": Exercise(
+        "group_relative_change(afters: list[Tensor], befores: list[Tensor]) -> float",
+        _group_change_reference,
+        _group_change_cases,
     ),
 }
 

@@ -604,3 +604,53 @@ def sweep_curves(named_histories: dict, keys=("reward", "accuracy"), title: str 
 
 
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def change_heatmaps(named_grids: dict, title: str = "Relative change ||dW|| / ||W|| per module and layer") -> go.Figure:
+    """Side-by-side heatmaps (module type x layer) on one colour scale, one per run;
+    ``named_grids`` maps a name to :func:`course_lib.weight_changes.layer_grid`'s table."""
+    names = list(named_grids)
+    top = max(float(np.nanmax(g.to_numpy())) for g in named_grids.values())
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True, horizontal_spacing=0.04)
+    for i, name in enumerate(names):
+        grid = named_grids[name]
+        fig.add_heatmap(
+            z=grid.to_numpy(),
+            x=[f"layer {c}" for c in grid.columns],
+            y=list(grid.index),
+            zmin=0,
+            zmax=top,
+            colorscale="Viridis",
+            showscale=i == len(names) - 1,
+            hovertemplate="%{y}, %{x}: %{z:.4f}<extra>" + name + "</extra>",
+            row=1,
+            col=i + 1,
+        )
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=title, height=380)
+    return fig
+
+
+def module_change_bars(table, title: str = "Relative change per module type, all layers together") -> go.Figure:
+    """Grouped bars: one group per module type, one bar per run (:func:`course_lib.scalpel.module_table`)."""
+    fig = go.Figure()
+    for i, name in enumerate(table.columns):
+        fig.add_bar(x=list(table.index), y=table[name], name=name, marker_color=_PALETTE[i % len(_PALETTE)])
+    fig.update_layout(barmode="group", title=title, yaxis_title="||dW|| / ||W||", height=360)
+    return fig
+
+
+def change_trajectories(named_trajectories: dict, title: str) -> go.Figure:
+    """Relative change against the share of training done, one line per run
+    (:func:`course_lib.scalpel.trajectory`)."""
+    fig = go.Figure()
+    for i, (name, table) in enumerate(named_trajectories.items()):
+        fig.add_scatter(
+            x=[0.0, *table["progress"]],
+            y=[0.0, *table["rel_change"]],
+            mode="lines+markers",
+            name=name,
+            line={"color": _PALETTE[i % len(_PALETTE)]},
+        )
+    fig.update_layout(title=title, xaxis_title="share of training done", yaxis_title="||dW|| / ||W||", height=340)
+    return fig

@@ -171,6 +171,17 @@ def results_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "results"
 
 
+def write_json(path: str | Path, obj) -> Path:
+    """Write ``obj`` as JSON, then rename: a run killed while writing leaves no half-written file
+    for a resumed study to load (a study's finished arms are saved this way)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+    return path
+
+
 def write_reports(report: StudyReport, out_dir: str | Path = "results") -> dict[str, Path]:
     """``<name>.json``, ``<name>.md`` and ``<name>.html`` in ``out_dir``; returns their paths."""
     out = Path(out_dir)

@@ -46,7 +46,7 @@ from course_lib.config import Profile
 from course_lib.data import eval_problems, facts_probe_items, train_problems
 from course_lib.evaluation import METRICS, evaluate_profile, facts_probe
 from course_lib.models import load_model, load_policy, lora_config
-from course_lib.report import ArmResult, Budget, FactsScore, StudyReport, write_reports
+from course_lib.report import ArmResult, Budget, FactsScore, StudyReport, write_json, write_reports
 from course_lib.rewards import FORMAT_COMPONENTS, TRELIS_SHAPED_REWARD, format_components
 from course_lib.train.expert_iteration import RSSettings
 from course_lib.train.grpo import GRPOSettings
@@ -225,7 +225,7 @@ class Showdown:
         return record
 
     def save_arm(self, record: ArmResult) -> Path:
-        return _write_json(self.arm_path(record.arm), record.to_json())
+        return write_json(self.arm_path(record.arm), record.to_json())
 
     # -------------------------------------------------------------- the shared pool
     def pool(self) -> tuple[SampledPool, float]:
@@ -253,7 +253,7 @@ class Showdown:
             progress=self.progress,
         )
         seconds = time.perf_counter() - start
-        _write_json(
+        write_json(
             path,
             {
                 "plan": self.plan.fingerprint(),
@@ -290,15 +290,6 @@ class Showdown:
             history=history,
             behaviours=behaviours.shares(texts),
         )
-
-
-def _write_json(path: Path, obj) -> Path:
-    """Write then rename: a run killed while writing leaves no half-written file to resume from."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
-    return path
 
 
 # --------------------------------------------------------------------------- the four arms

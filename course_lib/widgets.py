@@ -10,13 +10,15 @@ import ipywidgets as w
 import plotly.graph_objects as go
 import torch
 
-from course_lib import memory
+from course_lib import memory, weight_changes
 from course_lib.advantages import group_advantages
 from course_lib.analysis import kl_estimator_samples, paired_table
 from course_lib.evaluation import paired_difference
 from course_lib.losses import orpo_loss
 from course_lib.plots import (
     advantage_bars,
+    change_heatmaps,
+    change_trajectories,
     clip_objective,
     kl_estimator_spread,
     live_figure,
@@ -471,3 +473,45 @@ def memory_planner():
         control.observe(redraw, "value")
     redraw()
     return w.VBox([w.HBox(controls[:6]), w.HBox(controls[6:]), readout, figure])
+
+
+def weight_change_view(records: Sequence, module: str, layer: int | None, snapshot: int):
+    """The two figures of :func:`weight_change_explorer`: each run's (module x layer) heatmap at its
+    ``snapshot``-th weight-change record (0-based, clipped to the last), and the chosen module's
+    relative change over training. ``records``: study arms with ``label`` and ``change_table()``
+    (:class:`course_lib.scalpel.ScalpelArm`)."""
+    grids, lines = {}, {}
+    for record in records:
+        table = record.change_table()
+        steps = sorted(table["step"].unique())
+        step = steps[min(snapshot, len(steps) - 1)]
+        grids[f"{record.label} (step {step})"] = weight_changes.layer_grid(table[table["step"] == step])
+        lines[record.label] = weight_changes.trajectory(table, module, layer)
+    where = "all layers" if layer is None else f"layer {layer}"
+    return change_heatmaps(grids), change_trajectories(lines, f"{module}, {where}: relative change over training")
+
+
+def weight_change_explorer(records: Sequence):
+    """Pick a module type, a layer and a checkpoint: the heatmaps of every run at that checkpoint and
+    the chosen module's relative change over training, one line per run."""
+    records = [r for r in records if r.changes]
+    layers = sorted(int(x) for x in records[0].change_table()["layer"].dropna().unique())
+    snapshots = min(records[0].change_table()["step"].nunique(), *(r.change_table()["step"].nunique() for r in records))
+    module = w.Dropdown(options=list(weight_changes.MODULE_TYPES), value="q", description="module")
+    layer = w.Dropdown(options=[("all layers", None), *((f"layer {i}", i) for i in layers)], description="layer")
+    snapshot = w.IntSlider(snapshots, min=1, max=snapshots, description="checkpoint", continuous_update=False)
+    heatmaps, lines = (live_figure(f) for f in weight_change_view(records, "q", None, snapshots - 1))
+
+    def redraw(_=None):
+        per_layer = module.value in weight_changes.LAYER_TYPES
+        layer.disabled = not per_layer
+        fresh = weight_change_view(records, module.value, layer.value if per_layer else None, snapshot.value - 1)
+        for figure, new in zip((heatmaps, lines), fresh):
+            with figure.batch_update():
+                figure.data = []
+                figure.add_traces(new.data)
+                figure.layout = new.layout
+
+    for control in (module, layer, snapshot):
+        control.observe(redraw, "value")
+    return w.VBox([w.HBox([module, layer, snapshot]), heatmaps, lines])

@@ -134,6 +134,13 @@ PLANTED = [  # (exercise, a common mistake, words the explanation must contain)
     ("optimizer_bytes", lambda n, prec, z, g, off: 0 if off else 8 * n / (g if z else 1), "bf16 mixed precision"),
     ("optimizer_bytes", lambda n, prec, z, g, off: 0 if off else n * (12 if prec == "bf16" else 8) / g, "plain data"),
     ("optimizer_bytes", lambda n, prec, z, g, off: n * (12 if prec == "bf16" else 8) / (g if z else 1), "offloaded"),
+    ("relative_change", lambda a, b: float((a - b).norm() / a.norm()), "scaled by 1.5"),  # after's norm below
+    ("relative_change", lambda a, b: float(((a - b).abs() / b.abs().clamp_min(1e-12)).mean()), "random 40 x 24"),
+    (
+        "group_relative_change",
+        lambda a, b: sum(float((x - y).norm() / y.norm()) for x, y in zip(a, b)) / len(a),
+        "big matrix unchanged",
+    ),  # the mean of the ratios: the small vector dominates
 ]
 
 

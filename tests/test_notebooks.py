@@ -57,3 +57,6 @@ def test_notebook_runs_in_fast_mode(path, monkeypatch, tmp_path):
     if path.stem.startswith("09"):
         assert "loaded from disk" not in printed, "lesson 09 must train its arms in the test, not reuse old ones"
         assert (tmp_path / "results" / "showdown-fast.json").is_file()
+    if path.stem.startswith("10"):
+        assert "loaded from" not in printed, "lesson 10 must train its arms in the test, not reuse old ones"
+        assert len(list((tmp_path / "results" / "scalpel-pocket-fast").glob("*.json"))) == 8  # 7 arms + the pool

@@ -185,3 +185,14 @@ def dpo_pair_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, be
     """Lesson 08: -log sigmoid(beta * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))]) per pair."""
     margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)  # (B,)
     return -torch.nn.functional.logsigmoid(beta * margin)
+
+
+def relative_change(after: torch.Tensor, before: torch.Tensor) -> float:
+    """Lesson 10: ||W' - W||_F / ||W||_F, every entry counted, divided by the base's norm."""
+    return float(torch.sqrt(((after - before) ** 2).sum()) / torch.sqrt((before**2).sum()))
+
+
+def group_relative_change(afters: list[torch.Tensor], befores: list[torch.Tensor]) -> float:
+    """Lesson 10: the relative change of the matrices concatenated: sqrt(sum ||dW||^2 / sum ||W||^2)."""
+    delta = sum(((a - b) ** 2).sum() for a, b in zip(afters, befores))
+    return float(torch.sqrt(delta / sum((b**2).sum() for b in befores)))
