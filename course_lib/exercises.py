@@ -24,6 +24,7 @@ from course_lib.evaluation import majority_answer, paired_difference, pass_at_k,
 from course_lib.losses import aggregate, clipped_surrogate, dpo_loss, kl_k3, log_odds, token_logprobs
 from course_lib.memory import MODELS, TrainingSetup, lora_params, optimizer_bytes
 from course_lib.models import count_parameters
+from course_lib.overlap import sft_question_set, split_groups
 from course_lib.rewards import answer_matches, normalize_number, overlong_penalty
 from course_lib.sampling import completion_lengths, top_p_filter
 from course_lib.train.rejection_sampling import SampledPool, sft_records
@@ -266,7 +267,7 @@ def _paired_cases() -> list[Case]:
     ]
 
 
-# --- lesson 11: memory, counted by hand ------------------------------------------------------------
+# --- lesson 12: memory, counted by hand ------------------------------------------------------------
 
 
 def _lora_cases() -> list[Case]:
@@ -405,6 +406,37 @@ def _group_change_cases() -> list[Case]:
     ]  # fmt: skip
 
 
+def _sft_set_reference(grpo_set: list[str], fresh_set: list[str], share: float, size: int) -> list[str]:
+    return sft_question_set(grpo_set, fresh_set, share, size)
+
+
+def _sft_set_cases() -> list[Case]:
+    grpo, fresh = [f"g{i}" for i in range(10)], [f"f{i}" for i in range(12)]
+    return [
+        Case("10 GRPO questions, 30 % overlap, an SFT stage of 10", (grpo, fresh, 0.3, 10)),
+        Case("0 % overlap (only fresh questions)", (grpo, fresh, 0.0, 10)),
+        Case("100 % overlap (exactly GRPO's questions)", (grpo, fresh, 1.0, 10)),
+        Case("an SFT stage of 7 at 50 % (round(3.5) = 4 of GRPO's, 3 fresh)", (grpo, fresh, 0.5, 7)),
+    ]
+
+
+def _zero_variance_by_part_reference(advantages: torch.Tensor, group_size: int, seen: list[bool]):
+    row = split_groups(advantages, group_size, seen)
+    return (row["seen_zero_variance"], row["fresh_zero_variance"])
+
+
+def _zero_variance_by_part_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(2)
+    mixed = torch.randn(8, generator=g)
+    return [
+        Case("4 groups of 2, the first and third flat", (torch.tensor([0.0, 0, 0.7, -0.7, 0, 0, 0.5, -0.5]), 2,
+                                                         [True, True, False, False])),
+        Case("2 groups of 4, both with a signal", (mixed, 4, [True, False])),
+        Case("3 groups of 2: every seen group flat, the fresh one not", (torch.tensor([0.0, 0, 0, 0, 1, -1]), 2,
+                                                                        [True, True, False])),
+    ]  # fmt: skip
+
+
 EXERCISES: dict[str, Exercise] = {
     "group_advantages": Exercise(
         "group_advantages(rewards: (N,) tensor, group_size: int) -> (N,) tensor",
@@ -479,6 +511,16 @@ EXERCISES: dict[str, Exercise] = {
     ),
     "relative_change": Exercise(
         "relative_change(after: Tensor, before: Tensor) -> float", _relative_change_reference, _relative_change_cases
+    ),
+    "sft_question_set": Exercise(
+        "sft_question_set(grpo_set: list, fresh_set: list, share: float, size: int) -> list",
+        _sft_set_reference,
+        _sft_set_cases,
+    ),
+    "zero_variance_by_part": Exercise(
+        "zero_variance_by_part(advantages: (P*G,), group_size: int, seen: list[bool]) -> (seen share, fresh share)",
+        _zero_variance_by_part_reference,
+        _zero_variance_by_part_cases,
     ),
     "group_relative_change": Exercise(
         "group_relative_change(afters: list[Tensor], befores: list[Tensor]) -> float",

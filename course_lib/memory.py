@@ -1,4 +1,4 @@
-"""How much GPU memory does a training run need? A planner for lesson 11.
+"""How much GPU memory does a training run need? A planner for lesson 12.
 
 Memory on one GPU during training is the sum of five parts (bytes; N weights, T of them
 trained, w bytes per weight: 2 in bf16, 4 in fp32):

@@ -654,3 +654,44 @@ def change_trajectories(named_trajectories: dict, title: str) -> go.Figure:
         )
     fig.update_layout(title=title, xaxis_title="share of training done", yaxis_title="||dW|| / ||W||", height=340)
     return fig
+
+
+def overlap_accuracy(
+    curve, reference: dict | None = None, title: str = "Accuracy against SFT-GRPO overlap"
+) -> go.Figure:
+    """Accuracy after the SFT stage and after GRPO against the overlap (:func:`course_lib.overlap.overlap_curve`),
+    each seed as a point; ``reference``: horizontal lines, e.g. ``{"SFT only": 0.6, "GRPO only": 0.9}``."""
+    x = [100 * o for o in curve.index]
+    fig = go.Figure()
+    fig.add_scatter(x=x, y=curve["after SFT"], mode="lines+markers", name="after the SFT stage", line={"dash": "dot"})
+    fig.add_scatter(x=x, y=curve["after GRPO"], mode="lines+markers", name="after GRPO (mean of seeds)")
+    seeds = [(o, v) for o, values in zip(x, curve["each seed"]) for v in values]
+    fig.add_scatter(
+        x=[o for o, _ in seeds], y=[v for _, v in seeds], mode="markers", name="each seed", marker={"size": 6}
+    )
+    for i, (name, value) in enumerate((reference or {}).items()):
+        fig.add_hline(y=value, line_dash="dash", line_color=_PALETTE[(i + 3) % len(_PALETTE)], annotation_text=name)
+    fig.update_layout(title=title, xaxis_title="share of GRPO's questions the SFT stage saw (%)",
+                      yaxis_title="per-sample accuracy", yaxis_range=[0, 1], height=380)  # fmt: skip
+    return fig
+
+
+def overlap_mechanism(named_mechanisms: dict, key: str = "zero_variance", title: str | None = None) -> go.Figure:
+    """A GRPO-stage measure per step, for questions SFT saw (solid) and fresh ones (dotted), one colour per
+    arm; ``named_mechanisms`` maps an arm's label to its ``mechanism`` rows (:mod:`course_lib.overlap`)."""
+    fig = go.Figure()
+    for i, (name, rows) in enumerate(named_mechanisms.items()):
+        for part, dash in (("seen", "solid"), ("fresh", "dot")):
+            points = [(r["step"], r[f"{part}_{key}"]) for r in rows if r[f"{part}_groups"] > 0]
+            if points:
+                fig.add_scatter(
+                    x=[s for s, _ in points],
+                    y=[v for _, v in points],
+                    mode="lines+markers",
+                    name=f"{name}: {'seen in SFT' if part == 'seen' else 'fresh'}",
+                    line={"color": _PALETTE[i % len(_PALETTE)], "dash": dash},
+                )
+    label = key.replace("_", " ")
+    fig.update_layout(title=title or f"GRPO stage: {label} of the groups, by question", xaxis_title="GRPO step",
+                      yaxis_title=label, height=380)  # fmt: skip
+    return fig

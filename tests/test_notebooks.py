@@ -60,3 +60,6 @@ def test_notebook_runs_in_fast_mode(path, monkeypatch, tmp_path):
     if path.stem.startswith("10"):
         assert "loaded from" not in printed, "lesson 10 must train its arms in the test, not reuse old ones"
         assert len(list((tmp_path / "results" / "scalpel-pocket-fast").glob("*.json"))) == 8  # 7 arms + the pool
+    if path.stem.startswith("11"):
+        assert "loaded from" not in printed, "lesson 11 must train its arms in the test, not reuse old ones"
+        assert len(list((tmp_path / "results" / "overlap-pocket-fast").glob("*.json"))) == 10  # 9 arms + the pool

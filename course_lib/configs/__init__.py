@@ -1,4 +1,4 @@
-"""DeepSpeed and accelerate configs for training on several processes, GPUs or machines (lesson 11).
+"""DeepSpeed and accelerate configs for training on several processes, GPUs or machines (lesson 12).
 
 Four DeepSpeed configs ship here, each with a matching ``accelerate`` YAML file:
 

@@ -196,3 +196,17 @@ def group_relative_change(afters: list[torch.Tensor], befores: list[torch.Tensor
     """Lesson 10: the relative change of the matrices concatenated: sqrt(sum ||dW||^2 / sum ||W||^2)."""
     delta = sum(((a - b) ** 2).sum() for a, b in zip(afters, befores))
     return float(torch.sqrt(delta / sum((b**2).sum() for b in befores)))
+
+
+def sft_question_set(grpo_set: list, fresh_set: list, share: float, size: int) -> list:
+    """Lesson 11: round(share x size) of GRPO's questions first, then fresh ones up to the stage's size."""
+    shared = round(share * min(size, len(grpo_set)))
+    return list(grpo_set[:shared]) + list(fresh_set[: size - shared])
+
+
+def zero_variance_by_part(advantages: torch.Tensor, group_size: int, seen: list[bool]) -> tuple[float, float]:
+    """Lesson 11: the share of groups whose advantages are all 0, among seen and among fresh questions."""
+    flat = [bool((advantages[i * group_size : (i + 1) * group_size] == 0).all()) for i in range(len(seen))]
+    seen_flat = [f for f, s in zip(flat, seen) if s]
+    fresh_flat = [f for f, s in zip(flat, seen) if not s]
+    return (sum(seen_flat) / len(seen_flat), sum(fresh_flat) / len(fresh_flat))
