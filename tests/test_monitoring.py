@@ -1,0 +1,111 @@
+"""The GRPO dashboard: healthy bands, diagnosis, the figure (saved and live), run logs on disk."""
+
+import json
+
+import pytest
+
+from course_lib.monitoring import (
+    DASHBOARD_KEYS,
+    LiveDashboard,
+    dashboard,
+    diagnose,
+    healthy_bands,
+    load_history,
+    save_history,
+)
+from course_lib.train.grpo import GRPOSettings
+
+
+def _run(steps: int = 6, **changes) -> list[dict]:
+    """A synthetic healthy log, with ``changes`` (metric -> value) from step 4 on."""
+    rows = []
+    for step in range(1, steps + 1):
+        row = dict(step=step, reward=0.3 + 0.1 * step, reward_std=0.4, accuracy=0.3 + 0.1 * step, frac_zero_std=0.2,
+                   advantage_mean=0.0, advantage_std=0.9, entropy=0.8, kl=0.01, grad_norm=2.0, loss=0.0,
+                   completion_length=60.0, **{"clip_ratio/region": 0.0})  # fmt: skip
+        rows.append({**row, **(changes if step >= 4 else {})})
+    return rows
+
+
+def test_a_healthy_log_is_healthy_and_each_failure_is_named_with_what_to_try():
+    bands = healthy_bands(GRPOSettings(beta=0.04, max_new_tokens=160))
+    assert diagnose(_run(), bands)["healthy"].all()
+    stalled = diagnose(_run(frac_zero_std=0.9, reward_std=0.01), bands)
+    assert not stalled.loc["frac_zero_std", "healthy"] and "dynamic sampling" in stalled.loc["frac_zero_std", "try"]
+    assert not stalled.loc["reward_std", "healthy"] and stalled.loc["entropy", "healthy"]
+    exploding = diagnose(_run(entropy=5.0, grad_norm=500.0), bands)  # entropy 6x its start
+    assert set(exploding.index[~exploding["healthy"]]) == {"entropy", "grad_norm"}
+    sharper = diagnose(_run(entropy=0.01), bands)  # far below its start, while accuracy climbs: fine
+    assert sharper.loc["entropy", "healthy"] and sharper.loc["entropy", "high"] == pytest.approx(3 * 0.8)
+    truncated = diagnose(_run(completion_length=159.0), bands)
+    assert "budget of 160" in truncated.loc["completion_length", "means"]
+    assert "kl" in bands and "kl" not in healthy_bands(GRPOSettings(beta=0.0))  # no reference, no KL to watch
+    assert diagnose(_run(kl=float("nan")), bands).loc["kl", "healthy"]  # not logged: nothing to judge
+    with pytest.raises(ValueError, match="no logged steps"):
+        diagnose([], bands)
+
+
+def test_flat_groups_are_read_by_accuracy_solved_stalled_or_collapsed():
+    solved = diagnose(_run(frac_zero_std=0.9, accuracy=0.97))
+    assert solved.loc["frac_zero_std", "healthy"] and "solved" in solved.loc["frac_zero_std", "means"]
+    collapsed = diagnose(_run(frac_zero_std=1.0, reward_std=0.0, accuracy=0.0, reward=0.0))
+    assert not collapsed.loc["frac_zero_std", "healthy"] and "collapsed" in collapsed.loc["frac_zero_std", "means"]
+    assert not collapsed.loc["reward_change", "healthy"]  # the reward fell from its start: getting worse
+    assert diagnose(_run()).loc["reward_change", "value"] > 0
+
+
+def test_only_the_last_steps_are_judged():
+    early_trouble = [{**r, "frac_zero_std": 0.9} for r in _run(steps=8)[:4]] + _run(steps=8)[4:]
+    assert diagnose(early_trouble, last=3)["healthy"].all()
+    assert not diagnose(early_trouble, last=8).loc["frac_zero_std", "healthy"]
+
+
+def test_the_dashboard_draws_every_run_in_every_panel_with_the_bands_shaded():
+    fig = dashboard({"healthy": _run(), "stalled": _run(frac_zero_std=0.9)})
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == list(DASHBOARD_KEYS)
+    assert len(fig.data) == 2 * len(DASHBOARD_KEYS)
+    assert {t.name for t in fig.data} == {"healthy", "stalled"}
+    banded = [k for k in DASHBOARD_KEYS if k in healthy_bands()]
+    assert len(fig.layout.shapes) == len(banded)
+    only = dashboard(_run(), keys=("reward", "entropy", "not_logged"))
+    assert [a.text for a in only.layout.annotations] == ["reward", "entropy"]
+    with pytest.raises(ValueError, match="none of the dashboard"):
+        dashboard([{"step": 1, "other": 0.0}])
+
+
+@pytest.mark.parametrize("mode", ["widget", "static"])
+def test_the_live_dashboard_grows_with_each_step(mode, monkeypatch):
+    monkeypatch.setenv("COURSE_FIGURES", mode)
+    live = LiveDashboard(GRPOSettings(), keys=("reward", "frac_zero_std"))
+    for row in _run(steps=3):
+        live(row)
+    assert [list(t.y) for t in live.figure.data] == [[r["reward"] for r in _run(3)], [0.2, 0.2, 0.2]]
+    assert live.diagnose()["healthy"].all()
+
+
+def test_a_saved_log_reads_back_and_a_broken_line_is_named(tmp_path):
+    path = save_history(_run(), tmp_path / "run.jsonl")
+    back = load_history(path)
+    assert back.to_dict("records") == _run()
+    path.write_text(path.read_text() + "{not json\n")
+    with pytest.raises(ValueError, match="line 7"):
+        load_history(path)
+    with pytest.raises(FileNotFoundError, match="save_history"):
+        load_history(tmp_path / "missing.jsonl")
+    assert json.loads(save_history([{"step": 1, "text": "x", "reward": 1.0}], tmp_path / "r.jsonl").read_text()) == {
+        "step": 1,
+        "reward": 1.0,
+    }  # numbers only
+
+
+def test_a_real_grpo_log_has_every_dashboard_metric(pocket):
+    from course_lib.data import pocket_math
+    from course_lib.train.grpo import GRPOLoop
+
+    model, tok = pocket
+    settings = GRPOSettings(steps=1, prompts_per_step=2, group_size=2, max_new_tokens=24, beta=0.04)
+    loop = GRPOLoop(model, tok, pocket_math.pocket_test_set(2), settings)
+    loop.train(progress=False)
+    assert set(DASHBOARD_KEYS) <= set(loop.history[0])
+    assert 0 < loop.history[0]["entropy"] < 6.3  # the whole distribution's entropy: at most log(512)
