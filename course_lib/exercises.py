@@ -21,7 +21,7 @@ import torch
 
 from course_lib.advantages import group_advantages, rloo_advantages
 from course_lib.evaluation import majority_answer, paired_difference, pass_at_k, wilson_interval
-from course_lib.losses import aggregate, clipped_surrogate, dpo_loss, kl_k3, log_odds, token_logprobs
+from course_lib.losses import aggregate, clipped_surrogate, dpo_loss, kl_k3, log_odds, token_entropy, token_logprobs
 from course_lib.memory import MODELS, TrainingSetup, lora_params, optimizer_bytes
 from course_lib.models import count_parameters
 from course_lib.overlap import sft_question_set, split_groups
@@ -437,6 +437,32 @@ def _zero_variance_by_part_cases() -> list[Case]:
     ]  # fmt: skip
 
 
+def _entropy_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(3)
+    return [
+        Case("random logits (2, 3, 7)", (torch.randn(2, 3, 7, generator=g),)),
+        Case("large logits (softmax().log() overflows to -inf x 0 = NaN)", (100 * torch.randn(1, 4, 9, generator=g),)),
+        Case("a uniform distribution over 8 tokens (entropy log 8)", (torch.zeros(1, 1, 8),)),
+    ]
+
+
+def _reference_grad_norm(grads: list[torch.Tensor]) -> float:
+    params = [torch.nn.Parameter(torch.zeros_like(gr)) for gr in grads]
+    for p, gr in zip(params, grads):
+        p.grad = gr.clone()
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm=float("inf")))
+
+
+def _grad_norm_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(4)
+    return [
+        Case("three gradients of different shapes", ([torch.randn(4, 3, generator=g), torch.randn(5, generator=g),
+                                                       torch.randn(2, 2, 2, generator=g)],)),
+        Case("one gradient alone", ([torch.tensor([3.0, 4.0])],)),
+        Case("two gradients of norm 3 and 4 (together 5, not 7)", ([torch.tensor([3.0]), torch.tensor([0.0, 4.0])],)),
+    ]  # fmt: skip
+
+
 EXERCISES: dict[str, Exercise] = {
     "group_advantages": Exercise(
         "group_advantages(rewards: (N,) tensor, group_size: int) -> (N,) tensor",
@@ -521,6 +547,10 @@ EXERCISES: dict[str, Exercise] = {
         "zero_variance_by_part(advantages: (P*G,), group_size: int, seen: list[bool]) -> (seen share, fresh share)",
         _zero_variance_by_part_reference,
         _zero_variance_by_part_cases,
+    ),
+    "token_entropy": Exercise("token_entropy(logits: (B, T, V)) -> (B, T)", token_entropy, _entropy_cases, atol=1e-4),
+    "total_grad_norm": Exercise(
+        "total_grad_norm(grads: list[Tensor]) -> float", _reference_grad_norm, _grad_norm_cases, atol=1e-5
     ),
     "group_relative_change": Exercise(
         "group_relative_change(afters: list[Tensor], befores: list[Tensor]) -> float",

@@ -82,6 +82,10 @@ def test_the_live_dashboard_grows_with_each_step(mode, monkeypatch):
         live(row)
     assert [list(t.y) for t in live.figure.data] == [[r["reward"] for r in _run(3)], [0.2, 0.2, 0.2]]
     assert live.diagnose()["healthy"].all()
+    everything = LiveDashboard(GRPOSettings(beta=0.0))  # every panel but the KL, which beta = 0 never logs
+    assert "kl" not in everything.keys and len(everything.figure.data) == len(DASHBOARD_KEYS) - 1
+    everything({"step": 1, "reward": 0.5})  # a row without most of the panels' metrics
+    assert [t.y for t in everything.figure.data if t.name == "reward"] == [(0.5,)]
 
 
 def test_a_saved_log_reads_back_and_a_broken_line_is_named(tmp_path):
@@ -109,3 +113,14 @@ def test_a_real_grpo_log_has_every_dashboard_metric(pocket):
     loop.train(progress=False)
     assert set(DASHBOARD_KEYS) <= set(loop.history[0])
     assert 0 < loop.history[0]["entropy"] < 6.3  # the whole distribution's entropy: at most log(512)
+
+
+def test_the_example_runs_differ_from_the_recipe_in_one_thing_each():
+    from course_lib.config import get_profile
+    from course_lib.monitoring import COLLAPSE_LR_FACTOR, example_runs
+
+    runs = example_runs(get_profile("pocket", fast=False))
+    healthy, collapsing, stalled = runs["healthy"], runs["collapsing"], runs["stalled"]
+    assert collapsing.settings.learning_rate == COLLAPSE_LR_FACTOR * healthy.settings.learning_rate
+    assert collapsing.problems == healthy.problems and stalled.settings == healthy.settings
+    assert min(p["n_steps"] for p in stalled.problems) >= 6 > max(p["n_steps"] for p in healthy.problems)

@@ -210,3 +210,14 @@ def zero_variance_by_part(advantages: torch.Tensor, group_size: int, seen: list[
     seen_flat = [f for f, s in zip(flat, seen) if s]
     fresh_flat = [f for f, s in zip(flat, seen) if not s]
     return (sum(seen_flat) / len(seen_flat), sum(fresh_flat) / len(fresh_flat))
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Lesson 13: H = -sum_v p_v log p_v per position, from log_softmax (stable for large logits)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def total_grad_norm(grads: list[torch.Tensor]) -> float:
+    """Lesson 13: the norm of all gradients as one vector: sqrt of the sum of their squared norms."""
+    return math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
