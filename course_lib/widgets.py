@@ -475,43 +475,48 @@ def memory_planner():
     return w.VBox([w.HBox(controls[:6]), w.HBox(controls[6:]), readout, figure])
 
 
-def weight_change_view(records: Sequence, module: str, layer: int | None, snapshot: int):
-    """The two figures of :func:`weight_change_explorer`: each run's (module x layer) heatmap at its
-    ``snapshot``-th weight-change record (0-based, clipped to the last), and the chosen module's
+def weight_change_view(records: Sequence, module: str, layer: int | None, share: float):
+    """The two figures of :func:`weight_change_explorer`: each run's (module x layer) heatmap at the
+    weight-change record nearest to ``share`` of its training (0 < share <= 1; runs take different
+    numbers of steps, so a checkpoint is a share of each run's own training), and the chosen module's
     relative change over training. ``records``: study arms with ``label`` and ``change_table()``
     (:class:`course_lib.scalpel.ScalpelArm`)."""
     grids, lines = {}, {}
     for record in records:
         table = record.change_table()
-        steps = sorted(table["step"].unique())
-        step = steps[min(snapshot, len(steps) - 1)]
-        grids[f"{record.label} (step {step})"] = weight_changes.layer_grid(table[table["step"] == step])
+        steps = sorted(int(s) for s in table["step"].unique())
+        step = min(steps, key=lambda s: abs(s / steps[-1] - share))
+        grids[f"{record.label} (step {step} of {steps[-1]})"] = weight_changes.layer_grid(table[table["step"] == step])
         lines[record.label] = weight_changes.trajectory(table, module, layer)
     where = "all layers" if layer is None else f"layer {layer}"
     return change_heatmaps(grids), change_trajectories(lines, f"{module}, {where}: relative change over training")
 
 
 def weight_change_explorer(records: Sequence):
-    """Pick a module type, a layer and a checkpoint: the heatmaps of every run at that checkpoint and
-    the chosen module's relative change over training, one line per run."""
+    """Pick a module type, a layer and a share of training done: the heatmaps of every run at that
+    point of its own training and the chosen module's relative change over training, one line per run."""
     records = [r for r in records if r.changes]
     layers = sorted(int(x) for x in records[0].change_table()["layer"].dropna().unique())
-    snapshots = min(records[0].change_table()["step"].nunique(), *(r.change_table()["step"].nunique() for r in records))
     module = w.Dropdown(options=list(weight_changes.MODULE_TYPES), value="q", description="module")
     layer = w.Dropdown(options=[("all layers", None), *((f"layer {i}", i) for i in layers)], description="layer")
-    snapshot = w.IntSlider(snapshots, min=1, max=snapshots, description="checkpoint", continuous_update=False)
-    heatmaps, lines = (live_figure(f) for f in weight_change_view(records, "q", None, snapshots - 1))
+    share = w.SelectionSlider(
+        options=[("25 %", 0.25), ("50 %", 0.5), ("75 %", 0.75), ("100 %", 1.0)],
+        value=1.0,
+        description="training done",
+        continuous_update=False,
+    )
+    heatmaps, lines = (live_figure(f) for f in weight_change_view(records, "q", None, 1.0))
 
     def redraw(_=None):
         per_layer = module.value in weight_changes.LAYER_TYPES
         layer.disabled = not per_layer
-        fresh = weight_change_view(records, module.value, layer.value if per_layer else None, snapshot.value - 1)
+        fresh = weight_change_view(records, module.value, layer.value if per_layer else None, share.value)
         for figure, new in zip((heatmaps, lines), fresh):
             with figure.batch_update():
                 figure.data = []
                 figure.add_traces(new.data)
                 figure.layout = new.layout
 
-    for control in (module, layer, snapshot):
+    for control in (module, layer, share):
         control.observe(redraw, "value")
-    return w.VBox([w.HBox([module, layer, snapshot]), heatmaps, lines])
+    return w.VBox([w.HBox([module, layer, share]), heatmaps, lines])

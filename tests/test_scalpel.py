@@ -111,7 +111,7 @@ def _arm(arm: str, accuracy, sorting, gold, q: float, mlp: float) -> ScalpelArm:
             )  # fmt: skip
     return ScalpelArm(
         arm, scalpel.LABELS[arm], "plan", list(TRAINS[arm]), 1, list(accuracy), [1], 1, list(gold), [True] * 40,
-        list(sorting), {}, changes, Budget(0, 0, 0, 0.0, 0.0),
+        list(sorting), {}, changes, Budget(0, 0, 10, 0.0, 0.0),
     )  # fmt: skip
 
 
@@ -152,13 +152,17 @@ def test_the_weight_change_explorer_redraws_for_a_module_layer_and_checkpoint(st
     monkeypatch.setenv("COURSE_FIGURES", mode)
     arms, _, _ = study
     box = weight_change_explorer(list(arms.values()))  # the base has no changes: left out
-    (module, layer, snapshot), heatmaps, lines = box.children[0].children, box.children[1], box.children[2]
+    (module, layer, share), heatmaps, lines = box.children[0].children, box.children[1], box.children[2]
     assert len(heatmaps.data) == len(arms) - 1 and [t.name for t in lines.data] == [r.label for r in arms.values()][1:]
     module.value, layer.value = "down", 1
     grpo = arms["grpo"].final_changes()
     assert lines.data[1].y[-1] == pytest.approx(group_change(grpo, ["down"], [1]))  # GRPO's line, its last snapshot
     assert "down, layer 1" in lines.layout.title.text
-    snapshot.value = 1
-    assert all("(step 1)" in a.text for a in heatmaps.layout.annotations)  # every arm at its first checkpoint
+    assert all(
+        a.text.endswith(")") and "(step 2 of 2)" in a.text for a in heatmaps.layout.annotations if "GRPO" in a.text
+    )
+    share.value = 0.5  # GRPO (2 steps) at step 1; SFT (1 step) at its only record
+    titles = [a.text for a in heatmaps.layout.annotations]
+    assert "GRPO (step 1 of 2)" in titles and "SFT-RS (step 1 of 1)" in titles
     module.value = "embed"
     assert layer.disabled and "embed, all layers" in lines.layout.title.text
