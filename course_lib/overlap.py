@@ -28,7 +28,6 @@ under the same plan. Command line: ``python -m course_lib.overlap``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -48,12 +47,12 @@ from course_lib.config import Profile, fast_mode, get_profile, setup_torch
 from course_lib.data import eval_problems, train_problems
 from course_lib.evaluation import PairedChange, evaluate_profile, paired_difference
 from course_lib.models import load_model
-from course_lib.report import results_dir, write_json
+from course_lib.report import results_dir, study_parser, write_json
 from course_lib.rewards import is_correct
-from course_lib.train.expert_iteration import RSSettings
+from course_lib.train.expert_iteration import RSSettings, cached_pool
 from course_lib.train.grpo import GRPOLoop, GRPOSettings
 from course_lib.train.recipes import grpo_recipe, rs_recipe
-from course_lib.train.rejection_sampling import SampledPool, sample_pool, sft_records
+from course_lib.train.rejection_sampling import SampledPool, sft_records
 from course_lib.train.sft import sft_trainer
 
 OVERLAPS = {"overlap_0": 0.0, "overlap_30": 0.3, "overlap_100": 1.0}
@@ -225,6 +224,7 @@ class OverlapStudy:
         taken = {p["question"] for p in self.grpo_set}
         draw = train_problems(profile, 2 * plan.sft_questions, seed=FRESH_SEED)
         self.fresh_set = [p for p in draw if p["question"] not in taken][: plan.sft_questions]  # never GRPO's
+        self._pool: SampledPool | None = None  # sampled (or read from disk) once, by the first SFT stage
 
     def sft_set(self, overlap: float) -> list[dict]:
         """The SFT stage's questions at that overlap (:func:`sft_question_set`)."""
@@ -246,29 +246,13 @@ class OverlapStudy:
     def pool(self) -> SampledPool:
         """k samples from the base for every question an SFT stage may use (GRPO's and the fresh
         ones), graded once: the same question has the same samples in every arm."""
-        path = self.arm_dir / "pool.json"
-        questions = self.grpo_set + self.fresh_set
-        if path.is_file() and not self.fresh:
-            saved = json.loads(path.read_text())
-            if saved["plan"] == self.plan.fingerprint():
-                return SampledPool(questions, saved["prompts"], saved["texts"], saved["correct"])
-        model, tokenizer = load_model(self.profile)
-        rs = self.plan.rs
-        pool = sample_pool(
-            model,
-            tokenizer,
-            questions,
-            rs.k,
-            temperature=rs.temperature,
-            max_new_tokens=rs.max_new_tokens,
-            batch_size=rs.sample_batch_size,
-            seed=rs.seed,
-            system_prompt=self.profile.system_prompt,
-            progress=self.progress,
-        )
-        write_json(path, {"plan": self.plan.fingerprint(), **{k: getattr(pool, k) for k in ("prompts", "texts")},
-                          "correct": pool.correct})  # fmt: skip
-        return pool
+        if self._pool is None:
+            path, plan = self.arm_dir / "pool.json", self.plan
+            questions = self.grpo_set + self.fresh_set
+            self._pool, _ = cached_pool(
+                self.profile, questions, plan.rs, path, plan.fingerprint(), self.fresh, self.progress
+            )
+        return self._pool
 
     def sft_records(self, overlap: float) -> list[dict]:
         """The SFT rows of the stage with that overlap: the pool's correct samples of its questions."""
@@ -461,11 +445,7 @@ def paper_comparison(arms: dict[str, OverlapArm]) -> dict[str, PairedChange]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.overlap", description=__doc__.split("\n")[0])
-    parser.add_argument("--fast", action="store_true", default=None, help="tiny counts, as the tests run it")
-    parser.add_argument("--out", default=None, help="where finished arms go (default: $COURSE_RESULTS_DIR or results/)")
-    parser.add_argument("--fresh", action="store_true", help="ignore finished arms on disk and run every arm")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser = study_parser("python -m course_lib.overlap", __doc__.split("\n")[0])
     args = parser.parse_args(argv)
     profile = get_profile("pocket", fast=args.fast if args.fast is not None else fast_mode())
     setup_torch(profile, seed=0)

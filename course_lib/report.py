@@ -11,6 +11,7 @@ tests check); the tables, the Markdown and the HTML page below read the typed fi
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -169,6 +170,17 @@ def results_dir() -> Path:
     if os.environ.get(RESULTS_DIR_VARIABLE):
         return Path(os.environ[RESULTS_DIR_VARIABLE]).expanduser()
     return Path(__file__).resolve().parents[1] / "results"
+
+
+def study_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The command line every pocket study shares (``python -m course_lib.scalpel``, ``... .overlap``):
+    ``--fast``, ``--out``, ``--fresh`` and ``--quiet``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--fast", action="store_true", default=None, help="tiny counts, as the tests run it")
+    parser.add_argument("--out", default=None, help="where finished arms go (default: $COURSE_RESULTS_DIR or results/)")
+    parser.add_argument("--fresh", action="store_true", help="ignore finished arms on disk and run every arm")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
 
 
 def write_json(path: str | Path, obj) -> Path:

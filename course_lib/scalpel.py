@@ -27,7 +27,6 @@ Command line: ``python -m course_lib.scalpel`` (``--help``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -55,11 +54,11 @@ from course_lib.evaluation import (
     sorting_item_scores,
 )
 from course_lib.models import load_model
-from course_lib.report import Budget, results_dir, write_json
-from course_lib.train.expert_iteration import RSSettings
+from course_lib.report import Budget, results_dir, study_parser, write_json
+from course_lib.train.expert_iteration import RSSettings, cached_pool
 from course_lib.train.grpo import GRPOLoop, GRPOSettings
 from course_lib.train.recipes import grpo_recipe, rs_recipe
-from course_lib.train.rejection_sampling import SampledPool, sample_pool, sft_records
+from course_lib.train.rejection_sampling import SampledPool, sft_records
 from course_lib.train.sft import sft_trainer
 from course_lib.train.trainers import live_curves_callback
 from course_lib.weight_changes import (
@@ -278,29 +277,9 @@ class ScalpelStudy:
         """The base's k samples per training question, graded, kept on disk: the three SFT arms
         learn from the same rows."""
         path = self.arm_dir / "pool.json"
-        if path.is_file() and not self.fresh:
-            saved = json.loads(path.read_text())
-            if saved["plan"] == self.plan.fingerprint():
-                return SampledPool(self.train, saved["prompts"], saved["texts"], saved["correct"]), saved["seconds"]
-        model, tokenizer = load_model(self.profile)
-        rs = self.plan.rs
-        start = time.perf_counter()
-        pool = sample_pool(
-            model,
-            tokenizer,
-            self.train,
-            rs.k,
-            temperature=rs.temperature,
-            max_new_tokens=rs.max_new_tokens,
-            batch_size=rs.sample_batch_size,
-            seed=rs.seed,
-            system_prompt=self.profile.system_prompt,
-            progress=self.progress,
+        return cached_pool(
+            self.profile, self.train, self.plan.rs, path, self.plan.fingerprint(), self.fresh, self.progress
         )
-        seconds = time.perf_counter() - start
-        saved = {"plan": self.plan.fingerprint(), "prompts": pool.prompts, "texts": pool.texts}
-        write_json(path, {**saved, "correct": pool.correct, "seconds": seconds})
-        return pool, seconds
 
     # -------------------------------------------------------------- measuring one model
     def measure(self, arm: str, model, tokenizer, budget: Budget, history: list[dict], changes) -> ScalpelArm:
@@ -636,11 +615,7 @@ def _claim(claim: str, measured: str, verdict: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.scalpel", description=__doc__.split("\n")[0])
-    parser.add_argument("--fast", action="store_true", default=None, help="tiny counts, as the tests run it")
-    parser.add_argument("--out", default=None, help="where finished arms go (default: $COURSE_RESULTS_DIR or results/)")
-    parser.add_argument("--fresh", action="store_true", help="ignore finished arms on disk and run every arm")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser = study_parser("python -m course_lib.scalpel", __doc__.split("\n")[0])
     args = parser.parse_args(argv)
     profile = get_profile("pocket", fast=args.fast if args.fast is not None else fast_mode())
     setup_torch(profile, seed=0)

@@ -48,12 +48,12 @@ from course_lib.evaluation import METRICS, evaluate_profile, facts_probe
 from course_lib.models import load_model, load_policy, lora_config
 from course_lib.report import ArmResult, Budget, FactsScore, StudyReport, write_json, write_reports
 from course_lib.rewards import FORMAT_COMPONENTS, TRELIS_SHAPED_REWARD, format_components
-from course_lib.train.expert_iteration import RSSettings
+from course_lib.train.expert_iteration import RSSettings, cached_pool
 from course_lib.train.grpo import GRPOSettings
 from course_lib.train.grpo_trl import grpo_trainer, vllm_generation
 from course_lib.train.orpo import ORPOSettings, orpo_trainer
 from course_lib.train.recipes import grpo_recipe, orpo_recipe, rs_recipe
-from course_lib.train.rejection_sampling import SampledPool, preference_pairs, sample_pool, sft_records
+from course_lib.train.rejection_sampling import SampledPool, preference_pairs, sft_records
 from course_lib.train.sft import sft_trainer
 from course_lib.train.trainers import ORPO_METRIC_NAMES, TRL_METRIC_NAMES, live_curves_callback
 
@@ -231,39 +231,15 @@ class Showdown:
     def pool(self) -> tuple[SampledPool, float]:
         """The base model's k samples per training question, graded: SFT-RS and ORPO both learn
         from it. Sampled once and kept on disk, so a resumed run does not sample it again."""
-        path = self.arm_dir / "pool.json"
-        if path.is_file() and not self.fresh:
-            saved = json.loads(path.read_text())
-            if saved["plan"] == self.plan.fingerprint():
-                pool = SampledPool(self.train_questions(), saved["prompts"], saved["texts"], saved["correct"])
-                return pool, saved["seconds"]
-        model, tokenizer = load_model(self.profile)
-        rs = self.plan.rs
-        start = time.perf_counter()
-        pool = sample_pool(
-            model,
-            tokenizer,
+        return cached_pool(
+            self.profile,
             self.train_questions(),
-            rs.k,
-            temperature=rs.temperature,
-            max_new_tokens=rs.max_new_tokens,
-            batch_size=rs.sample_batch_size,
-            seed=rs.seed,
-            system_prompt=self.profile.system_prompt,
-            progress=self.progress,
+            self.plan.rs,
+            self.arm_dir / "pool.json",
+            self.plan.fingerprint(),
+            self.fresh,
+            self.progress,
         )
-        seconds = time.perf_counter() - start
-        write_json(
-            path,
-            {
-                "plan": self.plan.fingerprint(),
-                "prompts": pool.prompts,
-                "texts": pool.texts,
-                "correct": pool.correct,
-                "seconds": seconds,
-            },
-        )
-        return pool, seconds
 
     # -------------------------------------------------------------- evaluation of one model
     def measure(self, arm: str, model, tokenizer, budget: Budget, history: list[dict]) -> ArmResult:

@@ -12,6 +12,7 @@ from course_lib.config import get_profile
 from course_lib.report import ArmResult, load_report, report_name
 from course_lib.rewards import TRELIS_SHAPED_REWARD
 from course_lib.showdown import ARMS, plan_for
+from course_lib.train import expert_iteration
 
 FAST_METRICS = {"per_sample_accuracy", "pass@4", "maj@4", "consistency@4"}
 
@@ -161,7 +162,7 @@ def test_an_interrupted_run_redoes_only_the_missing_arm_with_the_same_numbers(fa
         raise AssertionError("the shared pool was sampled again instead of read from disk")
 
     monkeypatch.setattr(showdown, "RUNNERS", {**{arm: refuse for arm in ARMS}, "orpo": showdown.run_orpo})
-    monkeypatch.setattr(showdown, "sample_pool", no_sampling)
+    monkeypatch.setattr(expert_iteration, "sample_pool", no_sampling)  # where the shared pool is sampled
     again = showdown.run_showdown(profile, plan, out_dir=fast_run, progress=False, log=lambda _: None)
     assert again.resumed == ["base", "sft_rs", "grpo"]
     assert again.to_json()["arms"]["orpo"]["metrics"] == first["arms"]["orpo"]["metrics"]  # same seeds, same numbers
@@ -197,7 +198,7 @@ def test_fresh_runs_every_arm_and_samples_the_pool_again(fast_run, monkeypatch):
         for arm in ARMS
     }
     ran, sampled = [], []
-    real_sample_pool = showdown.sample_pool
+    real_sample_pool = expert_iteration.sample_pool
 
     def counting_sample_pool(*args, **kwargs):
         sampled.append(1)
@@ -206,7 +207,7 @@ def test_fresh_runs_every_arm_and_samples_the_pool_again(fast_run, monkeypatch):
     def replay(arm):
         return lambda study: ran.append(arm) or saved[arm]
 
-    monkeypatch.setattr(showdown, "sample_pool", counting_sample_pool)
+    monkeypatch.setattr(expert_iteration, "sample_pool", counting_sample_pool)
     monkeypatch.setattr(
         showdown,
         "RUNNERS",
@@ -288,6 +289,7 @@ def test_an_arm_whose_filter_keeps_nothing_is_the_base_untrained(fast_run, tmp_p
 
     for name in ("sft_trainer", "orpo_trainer", "load_policy", "load_model"):
         monkeypatch.setattr(showdown, name, refuse)
+    monkeypatch.setattr(expert_iteration, "load_model", refuse)  # the pool on disk is read, not sampled again
     report = showdown.run_showdown(profile, plan, out_dir=tmp_path, progress=False, log=lambda _: None)
     base = report.to_json()["arms"]["base"]
     for arm in ("sft_rs", "orpo"):

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,9 @@ from pathlib import Path
 import pandas as pd
 
 from course_lib.config import Profile
-from course_lib.train.rejection_sampling import pool_yield, sample_pool, sft_records
+from course_lib.models import load_model
+from course_lib.report import write_json
+from course_lib.train.rejection_sampling import SampledPool, pool_yield, sample_pool, sft_records
 from course_lib.train.sft import sft_trainer
 
 
@@ -133,3 +137,41 @@ def expert_iteration(
         if on_round is not None:
             on_round(row)
     return model, pd.DataFrame(rows).set_index("round")
+
+
+def cached_pool(
+    profile: Profile,
+    problems: list[dict],
+    settings: RSSettings,
+    path: str | Path,
+    fingerprint: str,
+    fresh: bool = False,
+    progress: bool = True,
+) -> tuple[SampledPool, float]:
+    """The profile's base model's ``settings.k`` graded samples per problem, kept at ``path``: a study's
+    arms that learn from the base's samples share one pool, sampled once. A saved pool is reused when
+    it was made under the same ``fingerprint`` (and ``fresh`` is False). Returns ``(pool, seconds)``,
+    the seconds it took to sample (also when it was loaded)."""
+    path = Path(path)
+    if path.is_file() and not fresh:
+        saved = json.loads(path.read_text())
+        if saved["plan"] == fingerprint:
+            return SampledPool(list(problems), saved["prompts"], saved["texts"], saved["correct"]), saved["seconds"]
+    model, tokenizer = load_model(profile)
+    start = time.perf_counter()
+    pool = sample_pool(
+        model,
+        tokenizer,
+        problems,
+        settings.k,
+        temperature=settings.temperature,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.sample_batch_size,
+        seed=settings.seed,
+        system_prompt=profile.system_prompt,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    saved = {"plan": fingerprint, "prompts": pool.prompts, "texts": pool.texts, "correct": pool.correct}
+    write_json(path, {**saved, "seconds": seconds})
+    return pool, seconds
