@@ -115,6 +115,30 @@ class Samples:
         """The first ``p`` prompts with their completions, as a ``Samples`` of their own."""
         return self._prompts(slice(0, p))
 
+    @classmethod
+    def concat(cls, parts: list[Samples], pad_id: int) -> Samples:
+        """Several ``Samples`` of the same ``n`` as one, prompts in order; the completions are
+        right-padded with ``pad_id`` to the longest (mask and log-probs 0 there)."""
+        if not parts or len({part.n for part in parts}) != 1:
+            raise ValueError("concat needs at least one Samples, all with the same number of samples per prompt")
+        width = max(part.completion_ids.shape[1] for part in parts)
+
+        def padded(t: torch.Tensor, value) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+        offsets = [0]
+        for part in parts:
+            offsets.append(offsets[-1] + len(part.prompts))
+        return cls(
+            [p for part in parts for p in part.prompts],
+            parts[0].n,
+            [t for part in parts for t in part.texts],
+            [offset + i for part, offset in zip(parts, offsets) for i in part.prompt_index],
+            torch.cat([padded(part.completion_ids, pad_id) for part in parts]),
+            torch.cat([padded(part.completion_mask, 0) for part in parts]),
+            torch.cat([padded(part.logprobs, 0.0) for part in parts]),
+        )
+
     def _prompts(self, prompts: slice) -> Samples:
         """The prompts ``prompts`` (a contiguous slice) with their rows; ``prompt_index`` as it was."""
         rows = slice(prompts.start * self.n, prompts.stop * self.n)

@@ -117,6 +117,66 @@ def test_zero_variance_groups_can_be_dropped(problems):
     assert (table["rows_trained"] == expected.round().astype(int)).all()
 
 
+def test_dynamic_sampling_refills_flat_groups_with_fresh_problems_and_counts_what_it_drew(problems):
+    plain = fresh_loop(problems, steps=3)
+    dynamic = fresh_loop(problems, steps=3, dynamic_sampling=True, max_sampling_rounds=6)
+    plain_table, table = plain.train(progress=False), dynamic.train(progress=False)
+    p, g = TINY["prompts_per_step"], TINY["group_size"]
+    assert (plain_table["completions_sampled"] == p * g).all() and (plain_table["sampling_rounds"] == 1).all()
+    assert plain.cursor == 3 * p
+    # every group it trained on has a signal, unless the rounds ran out; the extra draws are counted
+    samples, advantages = dynamic.last_batch
+    flat = (advantages.view(p, g) == 0).all(dim=1)
+    assert len(samples.texts) == p * g and len(dynamic.last_problems) == p
+    assert not flat.any() or table["sampling_rounds"].iloc[-1] == 6
+    assert (table["completions_sampled"] >= p * g).all() and table["completions_sampled"].sum() > 3 * p * g
+    assert dynamic.cursor * g == table["completions_sampled"].sum()  # every drawn problem was counted
+    # the rows line up: group i of the batch holds the completions of problem i
+    texts = samples.grouped_texts()
+    assert all(len(group) == g for group in texts) and samples.prompt_index == [i for i in range(p) for _ in range(g)]
+
+
+def test_samples_concat_pads_to_the_longest_and_keeps_each_prompts_rows():
+    from course_lib.sampling import Samples
+
+    a = Samples(["x"], 2, ["1", "2"], [0, 0], torch.tensor([[5, 6], [7, 0]]), torch.tensor([[1, 1], [1, 0]]),
+                torch.tensor([[-0.1, -0.2], [-0.3, 0.0]]))  # fmt: skip
+    b = Samples(["y"], 2, ["3", "4"], [0, 0], torch.tensor([[8, 9, 4], [3, 0, 0]]),
+                torch.tensor([[1, 1, 1], [1, 0, 0]]), torch.full((2, 3), -0.5))  # fmt: skip
+    both = Samples.concat([a, b], pad_id=0)
+    assert both.prompts == ["x", "y"] and both.texts == ["1", "2", "3", "4"] and both.prompt_index == [0, 0, 1, 1]
+    assert both.completion_ids.shape == (4, 3) and both.completion_ids[0].tolist() == [5, 6, 0]
+    assert both.lengths.tolist() == [2, 1, 3, 1] and both.logprobs[0, 2] == 0
+    with pytest.raises(ValueError, match="same number of samples"):
+        Samples.concat([a, Samples(["z"], 1, ["5"], [0], torch.zeros(1, 1), torch.ones(1, 1), torch.zeros(1, 1))], 0)
+
+
+def test_the_kl_ratio_correction_changes_the_update_not_the_kl_value(problems):
+    # mu = 1: r_it is 1 in value, so both runs log the same KL; its gradient differs once pi != pi_ref
+    def two_steps(correction: bool):
+        loop = fresh_loop(problems, beta=0.5, kl_ratio_correction=correction, learning_rate=1e-4)
+        return loop.train(steps=2, progress=False), [p.detach().clone() for p in loop.policy.parameters()]
+
+    (on, on_weights), (off, off_weights) = two_steps(True), two_steps(False)
+    assert on["kl"].iloc[0] == off["kl"].iloc[0] == 0.0  # step 1: pi = pi_ref, the KL's gradient is 0 either way
+    assert on["kl"].iloc[1] == pytest.approx(off["kl"].iloc[1], rel=1e-5) and on["kl"].iloc[1] > 0
+    assert any(not torch.allclose(a, b, atol=1e-9, rtol=0) for a, b in zip(on_weights, off_weights))
+
+
+def test_the_advantage_stage_can_be_replaced_by_a_subclass(problems):
+    from course_lib.advantages import GroupAdvantages
+
+    class NoSignal(GRPOLoop):
+        def advantages(self, rewards):
+            return GroupAdvantages(torch.zeros_like(rewards), torch.ones(len(rewards) // self.settings.group_size,
+                                                                          dtype=torch.bool))  # fmt: skip
+
+    model, tokenizer = load_pocket_model()
+    loop = NoSignal(model, tokenizer, problems, GRPOSettings(**TINY))
+    row = loop.train_step()
+    assert row["frac_zero_std"] == 1.0 and row["advantage_std"] == 0.0 and row["grad_norm"] == 0.0
+
+
 def test_a_non_finite_loss_stops_with_a_clear_message_and_no_update(problems):
     loop = fresh_loop(problems)
     weights = [p.detach().clone() for p in loop.policy.parameters()]

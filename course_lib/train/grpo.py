@@ -5,7 +5,8 @@ One training step, for P prompts with G completions each:
 1. **Sample** G completions per prompt from the current policy (``course_lib.sampling``).
 2. **Score** each completion with the reward (``course_lib.rewards``).
 3. **Group-normalise** the rewards into advantages A_i (``course_lib.advantages``);
-   optionally drop the groups whose rewards are all equal (their A is 0 anyway).
+   optionally drop the groups whose rewards are all equal (their A is 0 anyway), or, with
+   DAPO's dynamic sampling, replace them: draw fresh prompts until P groups carry a signal.
 4. **Freeze** the log-probs of the sampled tokens under pi_old (the policy that sampled,
    i.e. the current one) and, when beta > 0, under the frozen reference pi_ref.
 5. **Update** mu times on this batch: the clipped GRPO loss (``course_lib.losses``),
@@ -33,11 +34,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from course_lib import behaviours
-from course_lib.advantages import group_advantages
+from course_lib.advantages import GroupAdvantages, group_advantages
 from course_lib.losses import LOSS_TYPES, completion_logits, grpo_loss, samples_inputs, token_entropy, token_logprobs
 from course_lib.prompts import format_prompt
 from course_lib.rewards import RewardConfig, reward_breakdown
-from course_lib.sampling import sample
+from course_lib.sampling import Samples, sample
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class GRPOSettings:
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     filter_zero_variance: bool = False  # drop groups whose rewards are all equal
+    dynamic_sampling: bool = False  # DAPO: refill flat groups with fresh prompts until P groups have a signal
+    max_sampling_rounds: int = 4  # dynamic sampling's cap on draws per step (then it trains on what it has)
+    kl_ratio_correction: bool = True  # the KL term times r_it (TRL 1.16's default, from DeepSeek-V3.2)
     micro_batch_size: int = 16  # completions per forward/backward (sorted by length: less padding)
     sample_batch_size: int = 64  # sequences per generate() call
     reward: RewardConfig = RewardConfig()
@@ -71,6 +75,8 @@ class GRPOSettings:
             raise ValueError(f"group_size must be >= 2 to compare completions (got {self.group_size})")
         if min(self.steps, self.prompts_per_step, self.num_iterations, self.micro_batch_size) < 1:
             raise ValueError("steps, prompts_per_step, num_iterations and micro_batch_size must be >= 1")
+        if self.max_sampling_rounds < 1:
+            raise ValueError(f"max_sampling_rounds must be >= 1 (got {self.max_sampling_rounds})")
         if self.temperature <= 0:
             raise ValueError(
                 f"GRPO samples at temperature > 0 (got {self.temperature}): its groups need different completions "
@@ -109,17 +115,24 @@ class GRPOLoop:
         params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         self.step = 0
+        self.cursor = 0  # problems drawn so far (dynamic sampling draws more than P per step)
         self.history: list[dict] = []
         self.last_batch = None  # (Samples, advantages (N,)) of the latest step
+        self.last_problems: list[dict] = []  # its P problems, in the order of its groups
         torch.manual_seed(settings.seed)  # the only global randomness in a step: LoRA dropout
 
     # ------------------------------------------------------------------ data
     def batch_problems(self, step: int) -> list[dict]:
-        """The P problems of ``step``: a fresh seeded shuffle of the problems every epoch."""
-        n, p = len(self.problems), self.settings.prompts_per_step
-        orders: dict[int, list[int]] = {}  # a step can span the end of an epoch
+        """The P problems of ``step`` without dynamic sampling (with it, :attr:`last_problems`)."""
+        p = self.settings.prompts_per_step
+        return self.problems_at(step * p, p)
+
+    def problems_at(self, start: int, count: int) -> list[dict]:
+        """Problems ``start .. start + count - 1`` of the stream: a fresh seeded shuffle every epoch."""
+        n = len(self.problems)
+        orders: dict[int, list[int]] = {}  # a draw can span the end of an epoch
         out = []
-        for g in range(step * p, (step + 1) * p):
+        for g in range(start, start + count):
             if g // n not in orders:
                 orders[g // n] = list(range(n))
                 random.Random(f"{self.settings.seed}/{g // n}").shuffle(orders[g // n])
@@ -131,30 +144,11 @@ class GRPOLoop:
         """One GRPO step on P prompts x G completions. Returns this step's metrics."""
         s = self.settings
         start = time.perf_counter()
-        problems = self.batch_problems(self.step)
 
-        # Stage 1: sample G completions for each of the P prompts from the current policy
-        prompts = [format_prompt(self.tokenizer, p["question"], self.system_prompt) for p in problems]
-        samples = sample(
-            self.policy,
-            self.tokenizer,
-            prompts,
-            n=s.group_size,
-            temperature=s.temperature,
-            max_new_tokens=s.max_new_tokens,
-            batch_size=s.sample_batch_size,
-            seed=s.seed * 1_000_003 + self.step,
-        )  # N = P * G rows
-
-        # Stage 2: score every completion
-        scored = [
-            reward_breakdown(text, problems[i]["answer"], s.reward, int(length))
-            for text, i, length in zip(samples.texts, samples.prompt_index, samples.lengths)
-        ]
+        # Stages 1-3: sample G completions per prompt, score them, group-normalise the rewards
+        # (dynamic sampling draws again for the flat groups, at most max_sampling_rounds times)
+        problems, samples, scored, adv, drawn = self._draw_batch()
         rewards = torch.tensor([r["total"] for r in scored])  # (N,)
-
-        # Stage 3: group-relative advantages; optionally keep only the groups with a signal
-        adv = group_advantages(rewards, s.group_size, scale=s.scale_rewards)  # (N,), (P,)
         keep = torch.ones(len(rewards), dtype=torch.bool)  # (N,)
         if s.filter_zero_variance:
             keep = ~adv.zero_variance.repeat_interleave(s.group_size)
@@ -163,6 +157,7 @@ class GRPOLoop:
         order = torch.argsort(inputs["prompt_mask"].sum(1) + inputs["completion_mask"].sum(1))  # short rows first
         inputs, advantages = {k: v[order] for k, v in inputs.items()}, advantages[order]  # micro-batches pad less
         self.last_batch = (samples, adv.advantages)  # for a look at what was just trained on
+        self.last_problems = problems
 
         update = {}
         if keep.any():
@@ -173,8 +168,69 @@ class GRPOLoop:
             update = self._update(inputs, advantages, old, ref)
         self.step += 1
         row = self._log_row(rewards, scored, adv, samples, keep, update, time.perf_counter() - start)
+        row.update(drawn)
         self.history.append(row)
         return row
+
+    def advantages(self, rewards: torch.Tensor) -> GroupAdvantages:
+        """Stage 3: the group-relative advantages of a batch's rewards (N,) (``course_lib.advantages``)."""
+        return group_advantages(rewards, self.settings.group_size, scale=self.settings.scale_rewards)
+
+    def _sample_and_score(self, problems: list[dict], seed: int) -> tuple[Samples, list[dict]]:
+        """Stages 1-2 for ``problems``: G completions each from the current policy, every one scored."""
+        s = self.settings
+        prompts = [format_prompt(self.tokenizer, p["question"], self.system_prompt) for p in problems]
+        samples = sample(
+            self.policy,
+            self.tokenizer,
+            prompts,
+            n=s.group_size,
+            temperature=s.temperature,
+            max_new_tokens=s.max_new_tokens,
+            batch_size=s.sample_batch_size,
+            seed=seed,
+        )  # N = P * G rows
+        scored = [
+            reward_breakdown(text, problems[i]["answer"], s.reward, int(length))
+            for text, i, length in zip(samples.texts, samples.prompt_index, samples.lengths)
+        ]
+        return samples, scored
+
+    def _draw_batch(self) -> tuple[list[dict], Samples, list[dict], GroupAdvantages, dict]:
+        """This step's P problems, their samples, scores and advantages, and what drawing them cost.
+
+        Without dynamic sampling: the step's P problems, sampled once. With it (DAPO): the groups
+        whose rewards all agree are dropped and fresh problems drawn in their place, until P groups
+        with a signal are in hand or ``max_sampling_rounds`` draws were made; the batch is then the
+        first P groups with a signal, topped up with flat ones if the rounds ran out.
+        """
+        s, p = self.settings, self.settings.prompts_per_step
+        base_seed = s.seed * 1_000_003 + self.step  # one seed per step: never reused by another step
+        if not s.dynamic_sampling:
+            problems = self.problems_at(self.cursor, p)
+            self.cursor += p
+            samples, scored = self._sample_and_score(problems, base_seed)
+            adv = self.advantages(torch.tensor([r["total"] for r in scored]))
+            return problems, samples, scored, adv, {"completions_sampled": len(scored), "sampling_rounds": 1}
+        kept: list[tuple[dict, Samples, list[dict]]] = []  # (problem, its G samples, its G scores)
+        flat: list[tuple[dict, Samples, list[dict]]] = []
+        drawn = rounds = 0
+        while len(kept) < p and rounds < s.max_sampling_rounds:
+            problems = self.problems_at(self.cursor, p - len(kept))
+            self.cursor += len(problems)
+            samples, scored = self._sample_and_score(problems, base_seed + 100_003 * rounds)
+            drawn, rounds = drawn + len(scored), rounds + 1
+            rewards = torch.tensor([r["total"] for r in scored])
+            flags = self.advantages(rewards).zero_variance  # (len(problems),)
+            for i, problem in enumerate(problems):
+                part = (problem, samples.group(i), scored[i * s.group_size : (i + 1) * s.group_size])
+                (flat if flags[i] else kept).append(part)
+        batch = (kept + flat)[:p]  # flat groups only where the rounds ran out
+        problems = [b[0] for b in batch]
+        samples = Samples.concat([b[1] for b in batch], self.tokenizer.pad_token_id)
+        scored = [r for b in batch for r in b[2]]
+        adv = self.advantages(torch.tensor([r["total"] for r in scored]))
+        return problems, samples, scored, adv, {"completions_sampled": drawn, "sampling_rounds": rounds}
 
     def _log_row(self, rewards, scored, adv, samples, keep, update: dict, seconds: float) -> dict:
         """The step's metrics: rewards, accuracy, advantages, zero-variance share, lengths, the share of
@@ -263,6 +319,7 @@ class GRPOLoop:
                     epsilon_low=s.epsilon_low,
                     epsilon_high=s.epsilon_high,
                     loss_type=s.loss_type,
+                    kl_ratio_correction=s.kl_ratio_correction,
                     entropy=entropy,
                     **normaliser,
                 )
@@ -333,6 +390,7 @@ class GRPOLoop:
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
+            "cursor": self.cursor,
             "history": self.history,
             "settings": dataclasses.asdict(self.settings),
             "torch_rng": torch.get_rng_state(),
@@ -356,6 +414,7 @@ class GRPOLoop:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.history = state["step"], state["history"]
+        self.cursor = state.get("cursor", self.step * self.settings.prompts_per_step)
         torch.set_rng_state(state["torch_rng"])
         return self
 
