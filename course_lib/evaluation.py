@@ -114,6 +114,15 @@ class PairedChange:
         """ "better", "worse", or "cannot tell" (the interval contains 0)."""
         return "better" if self.ci_low > 0 else "worse" if self.ci_high < 0 else "cannot tell"
 
+    def read_against(self, spread: float) -> str:
+        """The verdict, read against a seed spread (points): a paired interval covers only which test
+        problems were drawn, so a change no larger than what another training seed gives is
+        "cannot tell" whatever its interval."""
+        if self.verdict != "cannot tell" and abs(self.points) <= spread:
+            gap = abs(self.points)
+            return f"cannot tell (the interval excludes 0, but {gap:.1f} points <= the seed spread {spread:.1f})"
+        return self.verdict
+
 
 def paired_difference(after, before, n_boot: int = 2000, seed: int = 0, scale: float = 100) -> PairedChange:
     """Mean of ``after - before`` over the same problems, in points, with a paired bootstrap

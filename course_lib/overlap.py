@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from course_lib import behaviours
 from course_lib.config import Profile, fast_mode, get_profile, setup_torch
 from course_lib.data import eval_problems, train_problems
-from course_lib.evaluation import PairedChange, evaluate_profile, paired_difference
+from course_lib.evaluation import Estimate, PairedChange, evaluate_profile, paired_difference, wilson_interval
 from course_lib.models import load_model
 from course_lib.report import results_dir, study_parser, write_json
 from course_lib.rewards import is_correct
@@ -87,6 +87,7 @@ class OverlapPlan:
     rs: RSSettings
     grpo: GRPOSettings
     second_seed: bool = True
+    records: int = 2  # what an arm's record holds (2: flat groups split into all right / all wrong)
 
     def fingerprint(self) -> str:
         text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
@@ -199,14 +200,16 @@ def mechanism_row(loop: GRPOLoop, step: int, seen: set[str]) -> dict:
     """The GRPO step ``step`` (1-based) just taken by ``loop``, split by whether SFT saw the question
     (:func:`split_groups`), with the training accuracy of each part."""
     samples, advantages = loop.last_batch
-    problems = loop.batch_problems(step - 1)
+    problems = loop.last_problems
     g = samples.n
     flags = [p["question"] in seen for p in problems]
     row = {"step": step, **split_groups(advantages, g, flags)}
+    right = [[is_correct(samples.texts[i * g + j], p["answer"]) for j in range(g)] for i, p in enumerate(problems)]
     for part, wanted in (("seen", True), ("fresh", False)):
-        right = [is_correct(samples.texts[i * g + j], p["answer"]) for i, p in enumerate(problems) if flags[i] == wanted
-                 for j in range(g)]  # fmt: skip
-        row[f"{part}_accuracy"] = float(np.mean(right)) if right else float("nan")
+        groups = [group for group, flag in zip(right, flags) if flag == wanted]  # this part's groups, (n, G)
+        row[f"{part}_accuracy"] = float(np.mean(groups)) if groups else float("nan")
+        row[f"{part}_all_right"] = float(np.mean([all(x) for x in groups])) if groups else float("nan")
+        row[f"{part}_all_wrong"] = float(np.mean([not any(x) for x in groups])) if groups else float("nan")
     return row
 
 
@@ -386,8 +389,9 @@ def mean_over_seeds(arms: dict[str, OverlapArm], arm: str, stage: bool = False) 
 
 
 def overlap_curve(arms: dict[str, OverlapArm]) -> pd.DataFrame:
-    """Accuracy against overlap: per overlap, the SFT stage's and the final accuracy (mean over
-    seeds) and GRPO's own gain with its paired interval."""
+    """Accuracy against overlap, everything in % (points for the gain): per overlap, the SFT stage's
+    and the final accuracy (mean over seeds), each seed's final accuracy, and GRPO's own gain with
+    its paired interval."""
     rows = []
     for arm, share in OVERLAPS.items():
         final, stage = mean_over_seeds(arms, arm), mean_over_seeds(arms, arm, stage=True)
@@ -395,39 +399,92 @@ def overlap_curve(arms: dict[str, OverlapArm]) -> pd.DataFrame:
         runs = [r for name, r in arms.items() if name.removesuffix(SECOND_SEED) == arm]
         rows.append(
             {
-                "overlap": share,
+                "overlap (%)": round(100 * share),
                 "seeds": len(runs),
-                "after SFT": float(np.mean(stage)),
-                "after GRPO": float(np.mean(final)),
-                "each seed": [round(float(np.mean(r.accuracy)), 4) for r in runs],
+                "after SFT (%)": 100 * float(np.mean(stage)),
+                "after GRPO (%)": 100 * float(np.mean(final)),
+                "each seed (%)": [round(100 * float(np.mean(r.accuracy)), 1) for r in runs],
                 "GRPO's gain (points)": gain.points,
                 "gain low": gain.ci_low,
                 "gain high": gain.ci_high,
             }
         )
-    return pd.DataFrame(rows).set_index("overlap")
+    return pd.DataFrame(rows).set_index("overlap (%)")
 
 
 def mechanism_table(arms: dict[str, OverlapArm]) -> pd.DataFrame:
     """Per overlap arm (seeds pooled), over all GRPO steps: for questions SFT saw and fresh ones,
-    the zero-variance share of their groups, the mean |advantage| and the training accuracy."""
+    the zero-variance share of their groups (%), the mean |advantage| and the training accuracy (%)."""
     rows = []
     for arm, share in OVERLAPS.items():
-        steps = pd.DataFrame(
-            [m for name, r in arms.items() if name.removesuffix(SECOND_SEED) == arm for m in r.mechanism]
-        )
-        row = {"overlap": share}
+        steps = mechanism_steps(arms, arm)
+        row = {"overlap (%)": round(100 * share)}
         for part in ("seen", "fresh"):
             weights = steps[f"{part}_groups"]
-            for what in ("zero_variance", "abs_advantage", "accuracy"):
-                values = steps[f"{part}_{what}"]
-                ok = weights > 0
-                row[f"{part}: {what.replace('_', ' ')}"] = (
-                    float(np.average(values[ok], weights=weights[ok])) if ok.any() else float("nan")
+            measures = (("zero variance (%)", "zero_variance", 100), ("abs advantage", "abs_advantage", 1),
+                        ("accuracy (%)", "accuracy", 100))  # fmt: skip
+            for what, column, scale in measures:
+                values, ok = steps[f"{part}_{column}"], weights > 0
+                row[f"{part}: {what}"] = (
+                    scale * float(np.average(values[ok], weights=weights[ok])) if ok.any() else float("nan")
                 )
             row[f"{part}: groups"] = int(weights.sum())
         rows.append(row)
-    return pd.DataFrame(rows).set_index("overlap")
+    return pd.DataFrame(rows).set_index("overlap (%)")
+
+
+def mechanism_steps(arms: dict[str, OverlapArm], arm: str) -> pd.DataFrame:
+    """Every GRPO step's mechanism row of an overlap arm, its seeds pooled."""
+    return pd.DataFrame([m for name, r in arms.items() if name.removesuffix(SECOND_SEED) == arm for m in r.mechanism])
+
+
+def flat_groups_table(arms: dict[str, OverlapArm]) -> pd.DataFrame:
+    """Per overlap and kind of question (seen in SFT or fresh), seeds pooled, over all GRPO steps:
+    how many groups, and the share that were flat (zero variance), all right and all wrong, each with
+    its Wilson 95 % interval (in %). All right and all wrong split the flat groups: a flat group on a
+    question SFT taught is "solved", one the model cannot do is "stalled"."""
+    rows = []
+    for arm, share in OVERLAPS.items():
+        steps = mechanism_steps(arms, arm)
+        for part in ("seen", "fresh"):
+            n = steps[f"{part}_groups"]
+            total = int(n.sum())
+            if total == 0:
+                continue
+            row = {"overlap (%)": round(100 * share), "questions": part, "groups": total}
+            for what, column in (("flat", "zero_variance"), ("all right", "all_right"), ("all wrong", "all_wrong")):
+                count = int(round(float((steps[f"{part}_{column}"].fillna(0) * n).sum())))  # groups, not a share
+                row[f"{what} (%)"] = str(Estimate(count / total, *wilson_interval(count, total)))
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["overlap (%)", "questions"])
+
+
+def behaviour_table(arms: dict[str, OverlapArm]) -> pd.DataFrame:
+    """Each arm's behaviour shares among its test samples (%), beside its accuracy: does SFT or GRPO
+    move the choice of behaviour (step by step vs the answer alone) on every question?"""
+    rows = {r.label: {"accuracy (%)": 100 * float(np.mean(r.accuracy))} | {
+        f"{name} (%)": 100 * value for name, value in r.behaviours.items()} for r in arms.values()}  # fmt: skip
+    return pd.DataFrame.from_dict(rows, orient="index").round(1)
+
+
+def seed_spread(arms: dict[str, OverlapArm]) -> float:
+    """The largest gap, in points, between the two seeds of one overlap arm: how far training
+    randomness alone moves the final accuracy (0.0 with one seed)."""
+    gaps = [0.0]
+    for arm in OVERLAPS:
+        seeds = [100 * float(np.mean(r.accuracy)) for name, r in arms.items() if name.removesuffix(SECOND_SEED) == arm]
+        gaps.append(max(seeds) - min(seeds))
+    return max(gaps)
+
+
+def paper_verdicts(arms: dict[str, OverlapArm]) -> dict[str, str]:
+    """The paper's two claims against this study, each read against the seed spread."""
+    findings, spread = paper_comparison(arms), seed_spread(arms)
+    zero = findings["0 % minus 100 % overlap"].read_against(spread)
+    full = findings["GRPO's gain at 100 % overlap"].read_against(spread)
+    first = {"better": "reproduces", "worse": "the opposite here"}.get(zero, zero)
+    second = "does not reproduce: GRPO still gained" if full == "better" else "reproduces"
+    return {"0 % overlap beats 100 %": first, "at 100 % overlap GRPO adds about nothing": second}
 
 
 def paper_comparison(arms: dict[str, OverlapArm]) -> dict[str, PairedChange]:
@@ -455,8 +512,13 @@ def main(argv: list[str] | None = None) -> int:
         print(results_table(arms).to_string())
         print(overlap_curve(arms).to_string())
         print(mechanism_table(arms).to_string())
+        print(flat_groups_table(arms).to_string())
+        print(behaviour_table(arms).to_string())
         for name, change in paper_comparison(arms).items():
             print(f"{name}: {change} points")
+        print(f"seed spread: {seed_spread(arms):.1f} points")
+        for claim, verdict in paper_verdicts(arms).items():
+            print(f"paper: {claim} -> {verdict}")
     print(f"{time.perf_counter() - start:.0f} s")
     return 0
 

@@ -659,20 +659,22 @@ def change_trajectories(named_trajectories: dict, title: str) -> go.Figure:
 def overlap_accuracy(
     curve, reference: dict | None = None, title: str = "Accuracy against SFT-GRPO overlap"
 ) -> go.Figure:
-    """Accuracy after the SFT stage and after GRPO against the overlap (:func:`course_lib.overlap.overlap_curve`),
-    each seed as a point; ``reference``: horizontal lines, e.g. ``{"SFT only": 0.6, "GRPO only": 0.9}``."""
-    x = [100 * o for o in curve.index]
+    """Accuracy (%) after the SFT stage and after GRPO against the overlap (%)
+    (:func:`course_lib.overlap.overlap_curve`), each seed as a point; ``reference``: horizontal lines in %,
+    e.g. ``{"SFT only": 60.0, "GRPO only": 90.0}``."""
+    x = list(curve.index)
     fig = go.Figure()
-    fig.add_scatter(x=x, y=curve["after SFT"], mode="lines+markers", name="after the SFT stage", line={"dash": "dot"})
-    fig.add_scatter(x=x, y=curve["after GRPO"], mode="lines+markers", name="after GRPO (mean of seeds)")
-    seeds = [(o, v) for o, values in zip(x, curve["each seed"]) for v in values]
+    sft = curve["after SFT (%)"]
+    fig.add_scatter(x=x, y=sft, mode="lines+markers", name="after the SFT stage", line={"dash": "dot"})
+    fig.add_scatter(x=x, y=curve["after GRPO (%)"], mode="lines+markers", name="after GRPO (mean of seeds)")
+    seeds = [(o, v) for o, values in zip(x, curve["each seed (%)"]) for v in values]
     fig.add_scatter(
         x=[o for o, _ in seeds], y=[v for _, v in seeds], mode="markers", name="each seed", marker={"size": 6}
     )
     for i, (name, value) in enumerate((reference or {}).items()):
         fig.add_hline(y=value, line_dash="dash", line_color=_PALETTE[(i + 3) % len(_PALETTE)], annotation_text=name)
     fig.update_layout(title=title, xaxis_title="share of GRPO's questions the SFT stage saw (%)",
-                      yaxis_title="per-sample accuracy", yaxis_range=[0, 1], height=380)  # fmt: skip
+                      yaxis_title="per-sample accuracy (%)", yaxis_range=[0, 100], height=380)  # fmt: skip
     return fig
 
 

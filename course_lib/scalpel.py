@@ -131,12 +131,15 @@ class ScalpelPlan:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def budget_note(self) -> str:
-        g = self.grpo
+        g, rs = self.grpo, self.rs
+        cap = "no cap" if rs.max_per_question is None else f"at most {rs.max_per_question} per question"
         return (
             f"Every trained arm learns from the same {self.questions} training questions with {self.k} sampled "
-            f"completions each ({self.questions * self.k} in all): the three SFT-RS arms share one pool sampled "
-            f"from the base; GRPO samples its own, {g.steps} steps of {g.prompts_per_step} x {g.group_size}. "
-            f"Every weight the arm trains is trained (no adapter), at learning rate {g.learning_rate:g}."
+            f"completions each ({self.questions * self.k} in all): the SFT-RS arms share one pool sampled "
+            f"from the base and keep its correct samples ({'deduplicated, ' if rs.dedup else ''}{cap}), "
+            f"{rs.epochs} epoch(s); GRPO samples its own, {g.steps} steps of {g.prompts_per_step} x {g.group_size}, "
+            f"KL beta {g.beta:g} to the base. Every weight the arm trains is trained (no adapter), at learning "
+            f"rate {g.learning_rate:g} (SFT-RS {rs.learning_rate:g})."
         )
 
 

@@ -56,7 +56,7 @@ def test_every_arm_runs_and_the_mechanism_splits_groups_by_what_sft_saw(study):
 
 
 def test_zero_variance_groups_are_told_from_the_advantages():
-    class Loop:  # the two attributes mechanism_row reads from a GRPOLoop
+    class Loop:  # the attributes mechanism_row reads from a GRPOLoop
         def __init__(self):
             import torch
 
@@ -67,15 +67,63 @@ def test_zero_variance_groups_are_told_from_the_advantages():
                 Samples(["a", "b"], 2, texts, [0, 0, 1, 1], torch.zeros(4, 1), torch.ones(4, 1), torch.zeros(4, 1)),
                 torch.tensor([0.0, 0.0, 0.7, -0.7]),
             )
-
-        def batch_problems(self, step):
-            return [{"question": "a", "answer": "3"}, {"question": "b", "answer": "3"}]
+            self.last_problems = [{"question": "a", "answer": "3"}, {"question": "b", "answer": "3"}]
 
     row = overlap.mechanism_row(Loop(), 1, seen={"a"})
     assert row["seen_groups"] == row["fresh_groups"] == 1
     assert row["seen_zero_variance"] == 1.0 and row["fresh_zero_variance"] == 0.0
     assert row["seen_abs_advantage"] == 0.0 and row["fresh_abs_advantage"] == pytest.approx(0.7)
     assert row["seen_accuracy"] == 1.0 and row["fresh_accuracy"] == 0.5
+    assert row["seen_all_right"] == 1.0 and row["seen_all_wrong"] == 0.0  # the flat group is a solved one
+    assert row["fresh_all_right"] == row["fresh_all_wrong"] == 0.0
+
+
+def _arm(name: str, accuracy: list[float], mechanism: list[dict] | None = None) -> overlap.OverlapArm:
+    share = OVERLAPS.get(name.removesuffix(SECOND_SEED))
+    return overlap.OverlapArm(name, name, "plan", share, int(name.endswith(SECOND_SEED)), accuracy, accuracy,
+                              {"step by step": 0.5, "answer only": 0.5}, mechanism or [], 0)  # fmt: skip
+
+
+def test_flat_groups_are_counted_with_wilson_intervals_and_split_into_solved_and_stalled():
+    from course_lib.evaluation import Estimate, wilson_interval
+
+    # 0 % overlap, two steps: 4 then 6 fresh groups, of which 1 and 3 flat (1 all right + 0, 1 + 2 all wrong)
+    steps = [
+        {"step": 1, "seen_groups": 0, "fresh_groups": 4, "seen_zero_variance": float("nan"),
+         "fresh_zero_variance": 0.25, "seen_all_right": float("nan"), "fresh_all_right": 0.25,
+         "seen_all_wrong": float("nan"), "fresh_all_wrong": 0.0},
+        {"step": 2, "seen_groups": 0, "fresh_groups": 6, "seen_zero_variance": float("nan"),
+         "fresh_zero_variance": 0.5, "seen_all_right": float("nan"), "fresh_all_right": 1 / 6,
+         "seen_all_wrong": float("nan"), "fresh_all_wrong": 2 / 6},
+    ]  # fmt: skip
+    arms = {a: _arm(a, [1.0], steps) for a in OVERLAPS}
+    table = overlap.flat_groups_table(arms)
+    row = table.loc[(0, "fresh")]
+    assert row["groups"] == 10 and (0, "seen") not in table.index  # a part with no group has no row
+    assert row["flat (%)"] == str(Estimate(0.4, *wilson_interval(4, 10)))
+    assert row["all right (%)"] == str(Estimate(0.2, *wilson_interval(2, 10)))
+    assert row["all wrong (%)"] == str(Estimate(0.2, *wilson_interval(2, 10)))
+
+
+def test_a_gap_within_the_seed_spread_reads_cannot_tell_whatever_its_interval():
+    # 100 problems; 0 % overlap is right on 20 problems with one seed and none with the other: 10 points
+    # better than 100 % on average (an interval that excludes 0), but its two seeds differ by 20 points
+    n = 100
+    full = [0.0] * n
+    arms = {
+        "overlap_0": _arm("overlap_0", [1.0] * 20 + [0.0] * (n - 20)),
+        "overlap_0" + SECOND_SEED: _arm("overlap_0" + SECOND_SEED, full),
+        "overlap_100": _arm("overlap_100", full),
+        "overlap_100" + SECOND_SEED: _arm("overlap_100" + SECOND_SEED, full),
+        "overlap_30": _arm("overlap_30", full),
+    }
+    assert overlap.seed_spread(arms) == pytest.approx(20.0)
+    change = overlap.paper_comparison(arms)["0 % minus 100 % overlap"]
+    assert change.points == pytest.approx(10.0) and change.verdict == "better"
+    verdicts = overlap.paper_verdicts(arms)
+    assert verdicts["0 % overlap beats 100 %"].startswith("cannot tell")
+    wide = change.read_against(5.0)  # a gap larger than the seeds' spread counts
+    assert wide == "better"
 
 
 def test_a_restarted_study_loads_its_arms_and_a_changed_plan_runs_them_again(study):
@@ -99,11 +147,17 @@ def test_tables_give_paired_changes_and_grpos_own_gain(study):
     assert table.loc[r.label, "GRPO's own gain"] == str(paired_difference(r.accuracy, r.sft_stage_accuracy))
     assert table.loc["Base", "vs base"] == "" and table.loc["SFT only", "vs SFT only"] == ""
     curve = overlap.overlap_curve(arms)
-    assert list(curve.index) == [0.0, 0.3, 1.0] and (curve["seeds"] == 2).all()
+    assert list(curve.index) == [0, 30, 100] and (curve["seeds"] == 2).all()
     expected = np.mean([np.mean(arms[a].accuracy) for a in ("overlap_0", "overlap_0" + SECOND_SEED)])
-    assert curve.loc[0.0, "after GRPO"] == pytest.approx(expected)
+    assert curve.loc[0, "after GRPO (%)"] == pytest.approx(100 * expected)  # in % like every column
+    assert curve.loc[0, "each seed (%)"] == [round(100 * np.mean(arms[a].accuracy), 1)
+                                             for a in ("overlap_0", "overlap_0" + SECOND_SEED)]  # fmt: skip
     mech = overlap.mechanism_table(arms)
-    assert mech.loc[0.0, "seen: groups"] == 0 and mech.loc[1.0, "fresh: groups"] == 0
+    assert mech.loc[0, "seen: groups"] == 0 and mech.loc[100, "fresh: groups"] == 0
+    assert 0 <= mech.loc[100, "seen: zero variance (%)"] <= 100
+    behaviours = overlap.behaviour_table(arms)
+    assert behaviours.loc["Base", "accuracy (%)"] == round(100 * np.mean(arms["base"].accuracy), 1)
+    assert set(behaviours.columns) > {"accuracy (%)"}
     assert set(overlap.paper_comparison(arms)) == {
         "0 % minus 100 % overlap",
         "GRPO's gain at 100 % overlap",

@@ -30,6 +30,8 @@ def test_full_plan_matches_the_sample_budget_and_trains_both_methods_alike():
     assert g.group_size == rs.k == plan.k and rs.rounds == 1 and rs.questions_per_round == plan.questions
     assert g.learning_rate == rs.learning_rate == scalpel.FULL_FT_LR and g.beta > 0
     assert plan.pass_k_samples == 64 and g.max_new_tokens == rs.max_new_tokens
+    note = plan.budget_note()  # lesson 10's prose names these settings without numbers: the note prints them
+    assert f"KL beta {g.beta:g}" in note and f"at most {rs.max_per_question} per question" in note
     assert plan_for(get_profile("pocket", fast=True)).fingerprint() != plan.fingerprint()
     with pytest.raises(ValueError, match="pocket profile"):
         plan_for(get_profile("gpu", fast=True))
