@@ -267,7 +267,9 @@ def aggregate(
     into micro-batches passes the whole batch's counts, so that the micro-batches' losses
     (and gradients) add up to the batch's. ``bnpo`` and ``dapo`` then give the same number: in
     TRL they differ only across processes and gradient-accumulation steps (bnpo divides by
-    each micro-batch's own tokens, dapo by the whole generation batch's).
+    each micro-batch's own tokens, dapo by the whole generation batch's), and
+    :class:`course_lib.train.grpo.GRPOLoop` does bnpo the same way (each micro-batch's token count,
+    times the number of micro-batches).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")

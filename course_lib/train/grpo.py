@@ -297,17 +297,23 @@ class GRPOLoop:
 
         The batch's counts (completions, tokens) are the loss's one normaliser, taken once
         here: each micro-batch's loss is its part of the batch's loss, so their gradients add
-        up to the gradient of the whole batch, whatever ``micro_batch_size`` is.
+        up to the gradient of the whole batch, whatever ``micro_batch_size`` is. The one
+        exception is ``bnpo``, done as TRL does it: each micro-batch's token mean, divided by the
+        number of micro-batches (gradient accumulation), so its update depends on the split.
         """
         s = self.settings
         mask = inputs["completion_mask"]  # (n, T)
         normaliser = dict(num_sequences=len(mask), num_tokens=mask.sum(), max_completion_length=s.max_new_tokens)
         self.policy.train()
         sums: dict[str, float] = {}
+        micro_batches = self._micro_batches(len(mask))
         for _ in range(s.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             metrics: dict[str, float] = {}
-            for rows in self._micro_batches(len(mask)):
+            for rows in micro_batches:
+                counts = normaliser
+                if s.loss_type == "bnpo":  # TRL: the micro-batch's own tokens, times the accumulation steps
+                    counts = dict(normaliser, num_tokens=mask[rows].sum() * len(micro_batches))
                 logps, entropy = self._logprobs(self.policy, inputs, rows, entropy=True)  # (m, T) each
                 out = grpo_loss(
                     logps,
@@ -321,7 +327,7 @@ class GRPOLoop:
                     loss_type=s.loss_type,
                     kl_ratio_correction=s.kl_ratio_correction,
                     entropy=entropy,
-                    **normaliser,
+                    **counts,
                 )
                 self._check_finite("loss", out.loss)
                 out.loss.backward()  # gradients accumulate

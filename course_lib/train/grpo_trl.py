@@ -78,7 +78,8 @@ def trl_micro_batches(settings: GRPOSettings) -> tuple[int, int]:
     an optimizer step still sees all P x G completions; only the peak memory shrinks (16 SmolLM2
     completions of 256 tokens in one fp32 pass need about 19 GB, 4 at a time about a quarter).
     The loss is the same as in one pass for ``dapo``, ``grpo`` and ``dr_grpo``; TRL 1.16's ``bnpo``
-    normalises per micro-batch, so it then differs from the whole batch's ``bnpo``."""
+    normalises per micro-batch, so it then differs from the whole batch's ``bnpo`` (our loop's
+    ``bnpo`` does the same, micro-batch by micro-batch)."""
     completions = settings.prompts_per_step * settings.group_size
     micro = max(d for d in range(1, min(settings.micro_batch_size, completions) + 1) if completions % d == 0)
     return micro, completions // micro
