@@ -27,7 +27,9 @@ from course_lib.models import count_parameters
 from course_lib.overlap import sft_question_set, split_groups
 from course_lib.rewards import answer_matches, normalize_number, overlong_penalty
 from course_lib.sampling import completion_lengths, top_p_filter
+from course_lib.train.grpo import refill
 from course_lib.train.rejection_sampling import SampledPool, sft_records
+from course_lib.variants import learning_area
 
 
 @dataclass(frozen=True)
@@ -420,6 +422,29 @@ def _sft_set_cases() -> list[Case]:
     ]
 
 
+def _refill_cases() -> list[Case]:
+    return [
+        Case("5 groups drawn, 3 with a signal, P = 3", ([True, False, True, False, False], 3)),
+        Case("more groups with a signal than P: the first ones drawn", ([False, False, False, False], 2)),
+        Case("the draws ran out: top up with the first flat groups, after the ones with a signal",
+             ([True, True, False, True], 3)),
+        Case("nothing but flat groups", ([True, True, True], 2)),
+    ]  # fmt: skip
+
+
+def _learning_area_cases() -> list[Case]:
+    g = np.random.default_rng(4)
+    curves = g.uniform(0, 1, size=(5, 3))  # 5 checkpoints, 3 problems
+    return [
+        Case("checkpoints every 256 completions up to the budget 1024, 3 problems", ([0, 256, 512, 768, 1024],
+                                                                                      curves, 1024)),
+        Case("uneven checkpoints (after steps 2, 4, 8 of 64 completions)", ([0, 128, 256, 512, 1024], curves, 1024)),
+        Case("a run that overshoots the budget (dynamic sampling): cut the curve at the budget, where it is "
+             "drawn straight between its neighbours", ([0, 300, 700, 1000, 1100], curves, 1024)),
+        Case("one problem, a curve 0 -> 1 at half the budget", ([0, 50, 100], np.array([[0.0], [1.0], [1.0]]), 100)),
+    ]  # fmt: skip
+
+
 def _zero_variance_by_part_reference(advantages: torch.Tensor, group_size: int, seen: list[bool]):
     row = split_groups(advantages, group_size, seen)
     return (row["seen_zero_variance"], row["fresh_zero_variance"])
@@ -552,6 +577,13 @@ EXERCISES: dict[str, Exercise] = {
     "total_grad_norm": Exercise(
         "total_grad_norm(grads: list[Tensor]) -> float", _reference_grad_norm, _grad_norm_cases, atol=1e-5
     ),
+    "refill": Exercise("refill(zero_variance: list[bool], prompts: int) -> list[int]", refill, _refill_cases),
+    "learning_area": Exercise(
+        "learning_area(completions: (C,), accuracy_curves: (C, n), budget: float) -> (n,)",
+        learning_area,
+        _learning_area_cases,
+        atol=1e-9,
+    ),
     "group_relative_change": Exercise(
         "group_relative_change(afters: list[Tensor], befores: list[Tensor]) -> float",
         _group_change_reference,
@@ -609,6 +641,10 @@ def _difference(got, expected, atol: float) -> str | None:
             if problem:
                 return f"element {i} of the tuple: {problem}"
         return None
+    if isinstance(expected, np.ndarray):  # an array: compared as a tensor of the same shape
+        if not isinstance(got, np.ndarray | torch.Tensor | list):
+            return f"expected an array of shape {expected.shape}, got {type(got).__name__}"
+        return _difference(torch.as_tensor(np.asarray(got, dtype=float)), torch.as_tensor(expected), atol)
     if not isinstance(expected, torch.Tensor):
         if not isinstance(got, (int, float)) and not (isinstance(got, torch.Tensor) and got.numel() == 1):
             return f"expected a number, got {type(got).__name__}"

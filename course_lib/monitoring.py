@@ -13,7 +13,11 @@ completion's tokens (``losses.token_entropy``), not minus the mean log-probabili
 tokens, which is only a one-sample estimate of it.
 
 A run's log is saved as JSON lines (:func:`save_history`, one row per line) and read back with
-:func:`load_history`, so the dashboard draws saved runs the same way as live ones.
+:func:`load_history`, so the dashboard draws saved runs the same way as live ones. A run can also go
+to trackio, the local experiment tracker TRL's ``report_to="trackio"`` writes to (offline: one SQLite
+file per project under ``$TRACKIO_DIR``, by default ``~/.cache/huggingface/trackio``): our loop through
+:class:`TrackioLog`, TRL's trainers through :func:`trackio_arguments`; :func:`load_trackio` reads
+either back with the course's metric names, and ``trackio show`` opens trackio's own dashboard.
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
+import trackio
 from plotly.subplots import make_subplots
+from trackio.sqlite_storage import SQLiteStorage
 
 from course_lib.data import train_problems
 from course_lib.plots import live_figure
 from course_lib.train.grpo import GRPOSettings
 from course_lib.train.recipes import grpo_recipe
+from course_lib.train.trainers import TRL_METRIC_NAMES
 
 #: The dashboard's panels, in reading order: what the model earns, then the signal GRPO gets from
 #: it, then how far and how hard the update moves the policy, then what the completions look like.
@@ -50,6 +57,9 @@ DASHBOARD_KEYS = (
     "completion_length",
     "loss",
 )
+#: Panels drawn only when a run logs them: a format reward and the layout parts of it that a
+#: missing ``re.DOTALL`` silences (lesson 02).
+FORMAT_KEYS = ("format_reward", "format/strict_format", "format/soft_format")
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,15 @@ def healthy_bands(settings: GRPOSettings = GRPOSettings()) -> dict[str, Band]:
             "the reward fell from where the run started: the policy is getting worse",
             "lower the learning rate and restart from the last good checkpoint",
         ),
+        Band(
+            "accuracy_change",
+            -0.1,
+            None,
+            "fewer answers are right than when the run started; if the reward did not fall with it, the reward "
+            "pays for something other than right answers (reward hacking)",
+            "pay format and length bonuses to correct answers only (RewardConfig(format_needs_correct=True)); "
+            "read what the best-rewarded completions have in common",
+        ),
         # The pocket model's healthy run (lesson 05's recipe) ends with its entropy 40x below its
         # start (0.16 -> 0.004 nats per token) while accuracy climbs to 97 %: a sharper policy, not
         # a broken one. Its run at a 30x learning rate collapsed to 0 % while the entropy *rose* 6-13x.
@@ -139,6 +158,18 @@ def healthy_bands(settings: GRPOSettings = GRPOSettings()) -> dict[str, Band]:
             "raise max_new_tokens, or penalise overlong completions (DAPO's overlong shaping)",
         ),
     ]
+    if settings.reward.format_weight > 0:
+        bands += [
+            Band(
+                f"format/{part}",
+                0.001,
+                None,
+                f"no completion earns the format reward's {part.replace('_', ' ')}: its pattern matches nothing "
+                "(a multi-line pattern compiled without re.DOTALL?), or the completions left that layout",
+                "run the reward on a real multi-line completion; compile multi-line patterns with re.DOTALL",
+            )
+            for part in ("strict_format", "soft_format")
+        ]
     if settings.beta > 0:
         bands.append(
             Band(
@@ -162,8 +193,9 @@ def diagnose(history, bands: dict[str, Band] | None = None, last: int = 3) -> pd
     table = _table(history)
     if table.empty:
         raise ValueError("the run has no logged steps yet: train at least one step, then diagnose it")
-    if "reward" in table:
-        table = table.assign(reward_change=table["reward"] - table["reward"].head(last).mean())
+    for key in ("reward", "accuracy"):  # each against the run's own start
+        if key in table:
+            table = table.assign(**{f"{key}_change": table[key] - table[key].head(last).mean()})
     bands = healthy_bands() if bands is None else bands
     accuracy = float(table["accuracy"].tail(last).mean()) if "accuracy" in table else math.nan
     rows = []
@@ -208,7 +240,7 @@ def _shade_bands(fig, keys: Sequence[str], bands: dict[str, Band], cols: int) ->
 def dashboard(
     runs: dict[str, object] | object,
     bands: dict[str, Band] | None = None,
-    keys: Sequence[str] = DASHBOARD_KEYS,
+    keys: Sequence[str] = DASHBOARD_KEYS + FORMAT_KEYS,
     title: str = "GRPO dashboard",
     cols: int = 4,
 ) -> go.Figure:
@@ -254,6 +286,7 @@ class LiveDashboard:
     it with ``trainers.live_curves_callback`` for a TRL trainer); ``display(dash.figure)`` first."""
 
     def __init__(self, settings: GRPOSettings = GRPOSettings(), keys: Sequence[str] = DASHBOARD_KEYS, cols: int = 4):
+        keys = tuple(keys) + (FORMAT_KEYS if settings.reward.format_weight > 0 else ())
         self.keys = [k for k in keys if k != "kl" or settings.beta > 0]  # no reference model, no KL logged
         self.cols, self.bands = cols, healthy_bands(settings)
         self.rows: list[dict] = []
@@ -305,6 +338,74 @@ def load_history(path: str | Path) -> pd.DataFrame:
                 f"{path}, line {number}: not a JSON object ({e.msg}); each line must be one step's row"
             ) from e
     return pd.DataFrame(rows)
+
+
+class TrackioLog:
+    """A ``GRPOLoop`` callback that logs each step's numbers to trackio, locally.
+
+    ``with TrackioLog("course", "healthy", settings) as log: loop.train(callbacks=[log])``: the run's
+    settings go in as its config, each step's row as one trackio step; leaving the block finishes the
+    run. No dashboard server is started and no system metrics are sampled (``trackio show --project
+    course`` opens the dashboard when you want it).
+    """
+
+    def __init__(self, project: str, name: str, settings: GRPOSettings | None = None):
+        self.project, self.name = project, _unused_name(project, name)  # "healthy", else "healthy-2", ...
+        config = None if settings is None else json.loads(json.dumps(dataclasses.asdict(settings), default=str))
+        trackio.init(project=project, name=self.name, config=config, embed=False, auto_log_cpu=False,
+                     auto_log_gpu=False)  # fmt: skip
+
+    def __call__(self, row: dict) -> None:
+        trackio.log({k: v for k, v in row.items() if isinstance(v, int | float) and k != "step"}, step=int(row["step"]))
+
+    def finish(self) -> None:
+        trackio.finish()
+
+    def __enter__(self) -> TrackioLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.finish()
+
+
+def _unused_name(project: str, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3``, ... where the project already has a run of that name (trackio
+    keeps both, and a read by name would find the older one)."""
+    if not SQLiteStorage.get_project_db_path(project).exists():
+        return name
+    taken = {r.name for r in trackio.Api().runs(project)}
+    return next(n for n in [name] + [f"{name}-{i}" for i in range(2, len(taken) + 3)] if n not in taken)
+
+
+def trackio_arguments(project: str, name: str) -> dict:
+    """``GRPOConfig`` (any ``TrainingArguments``) overrides that send a TRL run to trackio, locally: TRL's
+    own ``report_to="trackio"``, under ``project`` and ``name``, with no Hub Space made after training.
+    E.g. ``grpo_trainer(..., **trackio_arguments("course", "trl-run"))``."""
+    return {"report_to": ["trackio"], "project": project, "run_name": name, "trackio_static_space_id": False}
+
+
+def load_trackio(project: str, name: str) -> pd.DataFrame:
+    """A run logged to trackio, one row per step, with the course's metric names: our loop's rows as
+    they were; a TRL trainer's with ``train/`` dropped and its names mapped as ``TRL_METRIC_NAMES`` does
+    (``train/rewards/correctness_reward/mean`` -> ``accuracy``), its ``step`` the trainer's global step.
+    Reads trackio's local store (``trackio.sqlite_storage``, what ``trackio show`` reads)."""
+    if not SQLiteStorage.get_project_db_path(project).exists():
+        raise FileNotFoundError(
+            f"no trackio project {project!r} under {trackio.utils.TRACKIO_DIR}: log a run first "
+            "(TrackioLog for GRPOLoop, trackio_arguments for a TRL trainer), or set TRACKIO_DIR where it was written"
+        )
+    logs = SQLiteStorage.get_logs(project, name)
+    if not logs:
+        runs = [r.name for r in trackio.Api().runs(project)]
+        raise ValueError(f"no logged steps for run {name!r} in project {project!r}; its runs: {', '.join(runs)}")
+    steps: dict[int, dict] = {}
+    for log in logs:
+        row = {k.removeprefix("train/"): v for k, v in log.items() if isinstance(v, int | float)}
+        step = int(row.pop("global_step", row["step"]))  # TRL's rows: trackio counts every log call
+        row = {TRL_METRIC_NAMES.get(k, k): v for k, v in row.items() if k != "step" and not k.startswith("profiling/")}
+        if row:  # TRL also logs its timings, and a last row with the step alone
+            steps.setdefault(step, {"step": step}).update(row)
+    return pd.DataFrame(list(steps.values())).sort_values("step").reset_index(drop=True)
 
 
 @dataclass(frozen=True)

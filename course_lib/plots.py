@@ -697,3 +697,26 @@ def overlap_mechanism(named_mechanisms: dict, key: str = "zero_variance", title:
     fig.update_layout(title=title or f"GRPO stage: {label} of the groups, by question", xaxis_title="GRPO step",
                       yaxis_title=label, height=380)  # fmt: skip
     return fig
+
+
+def variant_curves(
+    frame, arms: list[str], x: str = "completions", y: str = "accuracy (%)", labels: dict | None = None,
+    title: str | None = None,
+) -> go.Figure:  # fmt: skip
+    """One line per arm of a variants study (:func:`course_lib.variants.curve_frame` or
+    :func:`~course_lib.variants.history_frame`), ``y`` against ``x``, each point the mean over the
+    arm's seeds at one step; each seed's own points faint beside it."""
+    fig = go.Figure()
+    for i, arm in enumerate(arms):
+        rows = frame[frame["arm"] == arm]
+        if rows.empty or y not in rows:
+            continue
+        colour, name = _PALETTE[i % len(_PALETTE)], (labels or {}).get(arm, arm)
+        columns = [c for c in dict.fromkeys([x, y]) if c != "step"]
+        mean = rows.groupby("step")[columns].mean().reset_index()  # one point per step, seeds averaged
+        fig.add_scatter(x=mean[x], y=mean[y], mode="lines+markers", name=name, line={"color": colour})
+        if rows["seed"].nunique() > 1:
+            fig.add_scatter(x=rows[x], y=rows[y], mode="markers", marker={"color": colour, "size": 4, "opacity": 0.35},
+                            name=f"{name}: each seed", showlegend=False)  # fmt: skip
+    fig.update_layout(title=title or f"{y} against {x}", xaxis_title=x, yaxis_title=y, height=400)
+    return fig

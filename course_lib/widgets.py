@@ -25,6 +25,7 @@ from course_lib.plots import (
     memory_bar,
     odds_vs_probability,
     token_weights,
+    variant_curves,
 )
 from course_lib.prompts import format_prompt
 from course_lib.rewards import (
@@ -38,6 +39,7 @@ from course_lib.rewards import (
 )
 from course_lib.sampling import sample
 from course_lib.train.rejection_sampling import SampledPool, pool_yield, sft_records
+from course_lib.variants import VARIANTS, arms_of, curve_frame, history_frame
 
 
 def render_samples(problem: dict, texts: list[str]) -> str:
@@ -520,3 +522,48 @@ def weight_change_explorer(records: Sequence):
     for control in (module, layer, share):
         control.observe(redraw, "value")
     return w.VBox([w.HBox([module, layer, share]), heatmaps, lines])
+
+
+#: What the variants explorer can draw: (label, frame, x column, y column); "checkpoints" is the
+#: held-out evaluation (:func:`course_lib.variants.curve_frame`), "steps" the run's own log.
+VARIANT_VIEWS = {
+    "held-out accuracy vs completions": ("checkpoints", "completions", "accuracy (%)"),
+    "held-out accuracy vs training seconds": ("checkpoints", "train seconds", "accuracy (%)"),
+    "step-by-step share vs completions": ("checkpoints", "completions", "step by step (%)"),
+    "completion length vs step": ("steps", "step", "completion_length"),
+    "entropy vs step": ("steps", "step", "entropy"),
+    "flat groups vs step": ("steps", "step", "frac_zero_std"),
+    "training reward vs step": ("steps", "step", "reward"),
+}
+
+
+def variants_view(runs: dict, family: str, view: str) -> go.Figure:
+    """One family of a variants study (its arms and the arms they are compared to) in one view."""
+    arms = [a for a in arms_of(runs) if VARIANTS[a].family == family]
+    shown = list(dict.fromkeys([VARIANTS[a].compare_to for a in arms] + arms))  # the reference arm first
+    kind, x, y = VARIANT_VIEWS[view]
+    frame = curve_frame(runs) if kind == "checkpoints" else history_frame(runs)
+    labels = {a: VARIANTS[a].label for a in shown}
+    return variant_curves(frame, shown, x, y, labels, title=f"{family}: {view}")
+
+
+def variants_explorer(runs: dict):
+    """Pick a family of variants (reward scaling, loss aggregation, ...) and a view: held-out accuracy
+    against completions or seconds, or a training metric against the step, each arm beside the arm it
+    changes one thing of (seeds averaged, each seed faint)."""
+    families = list(dict.fromkeys(VARIANTS[a].family for a in arms_of(runs) if VARIANTS[a].family != "baseline"))
+    family = w.Dropdown(options=families, value=families[0], description="variant")
+    view = w.Dropdown(options=list(VARIANT_VIEWS), value=next(iter(VARIANT_VIEWS)), description="show",
+                      layout=w.Layout(width="420px"))  # fmt: skip
+    figure = live_figure(variants_view(runs, family.value, view.value))
+
+    def redraw(_=None):
+        fresh = variants_view(runs, family.value, view.value)
+        with figure.batch_update():
+            figure.data = []
+            figure.add_traces(fresh.data)
+            figure.layout = fresh.layout
+
+    for control in (family, view):
+        control.observe(redraw, "value")
+    return w.VBox([w.HBox([family, view]), figure])

@@ -2,6 +2,7 @@
 
 import copy
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ SHARED_GSM8K = Path(os.environ.get("GSM8K_DIR", REPO.parent / "shared" / "gsm8k"
 # Two cores: keep torch to them, and never let a test reach the hub.
 torch.set_num_threads(2)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# trackio reads its folder once, when imported: the tests' runs go to a fresh one, never the user's.
+os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="course-trackio-"))
 
 
 @pytest.fixture(scope="session")

@@ -84,6 +84,12 @@ def _lora_with_square_attention(shape, rank, targets):
     return shape.n_layers * sum(rank * sum(square.get(t, (h, h))) for t in targets)
 
 
+def _area_past_the_budget(x, y, budget):
+    """The whole run's trapezoid area divided by the budget: a run that overshoots counts its extra."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    return (np.diff(x)[:, None] * (y[1:] + y[:-1]) / 2).sum(axis=0) / budget
+
+
 PLANTED = [  # (exercise, a common mistake, words the explanation must contain)
     ("group_advantages", _population_std, "groups of 2"),
     ("group_advantages", _nan_for_flat_groups, "all equal (its advantages must be exactly 0, not NaN): NaN"),
@@ -141,6 +147,10 @@ PLANTED = [  # (exercise, a common mistake, words the explanation must contain)
         lambda a, b: sum(float((x - y).norm() / y.norm()) for x, y in zip(a, b)) / len(a),
         "big matrix unchanged",
     ),  # the mean of the ratios: the small vector dominates
+    ("refill", lambda flat, p: [i for i, f in enumerate(flat) if not f][:p], "the draws ran out"),  # no top-up
+    ("refill", lambda flat, p: list(range(len(flat)))[:p], "5 groups drawn"),  # flat groups kept where they fall
+    ("learning_area", lambda x, y, b: np.asarray(y, dtype=float).mean(axis=0), "uneven checkpoints"),  # not by width
+    ("learning_area", _area_past_the_budget, "overshoots the budget"),  # not cut at the budget
 ]
 
 

@@ -124,3 +124,52 @@ def test_the_example_runs_differ_from_the_recipe_in_one_thing_each():
     assert collapsing.settings.learning_rate == COLLAPSE_LR_FACTOR * healthy.settings.learning_rate
     assert collapsing.problems == healthy.problems and stalled.settings == healthy.settings
     assert min(p["n_steps"] for p in stalled.problems) >= 6 > max(p["n_steps"] for p in healthy.problems)
+
+
+def test_our_loop_logs_to_trackio_and_the_dashboard_reads_it_back(pocket):
+    from course_lib.data import pocket_math
+    from course_lib.monitoring import TrackioLog, load_trackio
+    from course_lib.train.grpo import GRPOLoop
+
+    model, tok = pocket
+    settings = GRPOSettings(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=24)
+    loop = GRPOLoop(model, tok, pocket_math.pocket_test_set(4), settings)
+    with TrackioLog("course-tests", "our-loop", settings) as log:
+        loop.train(callbacks=[log], progress=False)
+    back = load_trackio("course-tests", "our-loop")
+    assert list(back["step"]) == [1, 2]
+    for key in ("reward", "accuracy", "entropy", "frac_zero_std", "grad_norm"):
+        assert back[key].tolist() == pytest.approx([row[key] for row in loop.history]), key
+    assert len(dashboard({"our loop": back}).data) > 0
+    with pytest.raises(ValueError, match="its runs: our-loop"):
+        load_trackio("course-tests", "no-such-run")
+    with TrackioLog("course-tests", "our-loop") as again:  # a second run of that name gets a name of its own
+        again({"step": 1, "reward": 7.0})
+    assert again.name == "our-loop-2" and load_trackio("course-tests", "our-loop-2")["reward"].tolist() == [7.0]
+    assert load_trackio("course-tests", "our-loop")["reward"].tolist() == back["reward"].tolist()
+    with pytest.raises(FileNotFoundError, match="log a run first"):
+        load_trackio("no-such-project", "x")
+
+
+def test_a_trl_run_logs_to_trackio_with_trls_report_to_and_reads_back_in_our_names(tmp_path):
+    from course_lib.config import get_profile
+    from course_lib.data import train_problems
+    from course_lib.models import load_policy, lora_config
+    from course_lib.monitoring import load_trackio, trackio_arguments
+    from course_lib.rewards import RewardConfig
+    from course_lib.train.grpo_trl import grpo_trainer
+
+    profile = get_profile("pocket")
+    model, tokenizer = load_policy(profile, lora=lora_config())
+    spread = RewardConfig(length_weight=1.0, max_length=32, length_buffer=30)  # rewards that differ in a group
+    settings = GRPOSettings(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=32, learning_rate=1e-3,
+                            temperature=2.0, reward=spread)  # fmt: skip
+    trainer = grpo_trainer(profile, model, tokenizer, train_problems(profile, 4, max_steps=2), tmp_path, settings,
+                           disable_tqdm=True, logging_steps=1, **trackio_arguments("course-tests", "trl"))  # fmt: skip
+    trainer.train()
+    back = load_trackio("course-tests", "trl")
+    assert list(back["step"]) == [1, 2]  # the trainer's global steps
+    logged = [row for row in trainer.state.log_history if "reward" in row]
+    assert back["reward"].tolist() == pytest.approx([row["reward"] for row in logged])
+    assert {"accuracy", "frac_zero_std", "completion_length", "entropy"} <= set(back)  # TRL's names, mapped
+    assert len(dashboard({"TRL": back}).data) > 0

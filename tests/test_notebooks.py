@@ -60,6 +60,12 @@ def test_notebook_runs_in_fast_mode(path, monkeypatch, tmp_path):
     if path.stem.startswith("10"):
         assert "loaded from" not in printed, "lesson 10 must train its arms in the test, not reuse old ones"
         assert len(list((tmp_path / "results" / "scalpel-pocket-fast").glob("*.json"))) == 8  # 7 arms + the pool
+    if path.stem.startswith("13"):
+        assert "the same rewards as the live run: True" in printed, "the healthy run must read back from trackio"
+        assert "with the guard: stopped. GRPO step" in printed and "micro-batch 8: fits" in printed
+    if path.stem.startswith("14"):
+        assert not (tmp_path / "results" / "variants-pocket-full").exists()
+        assert len(list((tmp_path / "results" / "variants-pocket-fast").glob("*-s*.json"))) >= 4  # trained here
     if path.stem.startswith("11"):
         assert "loaded from" not in printed, "lesson 11 must train its arms in the test, not reuse old ones"
         assert len(list((tmp_path / "results" / "overlap-pocket-fast").glob("*.json"))) == 10  # 9 arms + the pool

@@ -37,7 +37,7 @@ from course_lib import behaviours
 from course_lib.advantages import GroupAdvantages, group_advantages
 from course_lib.losses import LOSS_TYPES, completion_logits, grpo_loss, samples_inputs, token_entropy, token_logprobs
 from course_lib.prompts import format_prompt
-from course_lib.rewards import RewardConfig, reward_breakdown
+from course_lib.rewards import FORMAT_COMPONENTS, RewardConfig, reward_breakdown
 from course_lib.sampling import Samples, sample
 
 
@@ -212,20 +212,18 @@ class GRPOLoop:
             samples, scored = self._sample_and_score(problems, base_seed)
             adv = self.advantages(torch.tensor([r["total"] for r in scored]))
             return problems, samples, scored, adv, {"completions_sampled": len(scored), "sampling_rounds": 1}
-        kept: list[tuple[dict, Samples, list[dict]]] = []  # (problem, its G samples, its G scores)
-        flat: list[tuple[dict, Samples, list[dict]]] = []
+        groups: list[tuple[dict, Samples, list[dict]]] = []  # (problem, its G samples, its G scores), drawn order
+        flat: list[bool] = []  # whether each drawn group's rewards all agree
         drawn = rounds = 0
-        while len(kept) < p and rounds < s.max_sampling_rounds:
-            problems = self.problems_at(self.cursor, p - len(kept))
+        while flat.count(False) < p and rounds < s.max_sampling_rounds:
+            problems = self.problems_at(self.cursor, p - flat.count(False))
             self.cursor += len(problems)
             samples, scored = self._sample_and_score(problems, base_seed + 100_003 * rounds)
             drawn, rounds = drawn + len(scored), rounds + 1
-            rewards = torch.tensor([r["total"] for r in scored])
-            flags = self.advantages(rewards).zero_variance  # (len(problems),)
-            for i, problem in enumerate(problems):
-                part = (problem, samples.group(i), scored[i * s.group_size : (i + 1) * s.group_size])
-                (flat if flags[i] else kept).append(part)
-        batch = (kept + flat)[:p]  # flat groups only where the rounds ran out
+            flat += self.advantages(torch.tensor([r["total"] for r in scored])).zero_variance.tolist()
+            groups += [(problem, samples.group(i), scored[i * s.group_size : (i + 1) * s.group_size])
+                       for i, problem in enumerate(problems)]  # fmt: skip
+        batch = [groups[i] for i in refill(flat, p)]
         problems = [b[0] for b in batch]
         samples = Samples.concat([b[1] for b in batch], self.tokenizer.pad_token_id)
         scored = [r for b in batch for r in b[2]]
@@ -234,12 +232,19 @@ class GRPOLoop:
 
     def _log_row(self, rewards, scored, adv, samples, keep, update: dict, seconds: float) -> dict:
         """The step's metrics: rewards, accuracy, advantages, zero-variance share, lengths, the share of
-        each behaviour among the samples (:mod:`course_lib.behaviours`), the update."""
+        each behaviour among the samples (:mod:`course_lib.behaviours`), the update; with a format
+        reward, its mean and each of its components' share of completions that earn it."""
+        n = len(scored)
+        formats = {}  # the format reward and each component's share of completions that earn it
+        if self.settings.reward.format_weight > 0:
+            formats = {"format_reward": sum(r["format"] for r in scored) / n}
+            formats |= {f"format/{c}": sum(r[c] for r in scored) / n for c in FORMAT_COMPONENTS}
         return {
             "step": self.step,
             "reward": rewards.mean().item(),
             "reward_std": rewards.std().item(),
-            "accuracy": sum(r["correct"] for r in scored) / len(scored),
+            "accuracy": sum(r["correct"] for r in scored) / n,
+            **formats,
             "advantage_mean": adv.advantages.mean().item(),
             "advantage_std": adv.advantages.std().item(),
             "frac_zero_std": adv.zero_variance.float().mean().item(),
@@ -423,6 +428,15 @@ class GRPOLoop:
         self.cursor = state.get("cursor", self.step * self.settings.prompts_per_step)
         torch.set_rng_state(state["torch_rng"])
         return self
+
+
+def refill(zero_variance: list[bool], prompts: int) -> list[int]:
+    """Which of the groups dynamic sampling drew it trains on (DAPO): the first ``prompts`` groups
+    with a signal, in the order they were drawn, topped up with the first flat ones when the draws
+    ran out before enough had a signal. ``zero_variance[i]``: group i's rewards all agree."""
+    signal = [i for i, flat in enumerate(zero_variance) if not flat]
+    flat = [i for i, is_flat in enumerate(zero_variance) if is_flat]
+    return (signal + flat)[:prompts]
 
 
 def _trim_padding(part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

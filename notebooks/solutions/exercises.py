@@ -221,3 +221,22 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 def total_grad_norm(grads: list[torch.Tensor]) -> float:
     """Lesson 13: the norm of all gradients as one vector: sqrt of the sum of their squared norms."""
     return math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
+
+
+def refill(zero_variance: list[bool], prompts: int) -> list[int]:
+    """Lesson 14: the first `prompts` groups with a signal, in drawn order, then flat ones if too few."""
+    signal = [i for i, flat in enumerate(zero_variance) if not flat]
+    flat = [i for i, is_flat in enumerate(zero_variance) if is_flat]
+    return (signal + flat)[:prompts]
+
+
+def learning_area(completions, accuracy_curves, budget: float) -> np.ndarray:
+    """Lesson 14: the trapezoid area under each problem's curve from 0 to the budget, divided by it."""
+    x = np.asarray(completions, dtype=float)
+    y = np.asarray(accuracy_curves, dtype=float).reshape(len(x), -1)
+    inside = x < budget
+    at_budget = np.array([np.interp(budget, x, y[:, i]) for i in range(y.shape[1])])  # the curve cut at B
+    xs = np.append(x[inside], budget)
+    ys = np.vstack([y[inside], at_budget])
+    widths = np.diff(xs)[:, None]  # (segments, 1)
+    return (widths * (ys[1:] + ys[:-1]) / 2).sum(axis=0) / budget
