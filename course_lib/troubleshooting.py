@@ -158,6 +158,9 @@ def _probe(micro_batch_size: int, limit_mb: float) -> MemoryProbe:
     loop = GRPOLoop(model, tokenizer, train_problems(profile, settings.prompts_per_step, seed=1), settings)
     with torch.no_grad():  # thread pools and allocator arenas exist before the limit is set
         model(torch.ones(2, 8, dtype=torch.long))
+    # The peak is read from VmHWM, reset to the present first ("5" > clear_refs): ru_maxrss would also
+    # count the loading, and on Linux it starts a child at its parent's peak (a notebook kernel's).
+    Path("/proc/self/clear_refs").write_text("5")
     before_rss = _vm_kb("VmRSS")
     limit = (_vm_kb("VmSize") + int(limit_mb * 1024)) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
@@ -166,8 +169,7 @@ def _probe(micro_batch_size: int, limit_mb: float) -> MemoryProbe:
         ok, error = True, ""
     except (RuntimeError, MemoryError) as e:  # torch: "DefaultCPUAllocator: can't allocate memory"
         ok, error = False, f"{type(e).__name__}: {str(e).splitlines()[0]}"
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return MemoryProbe(micro_batch_size, limit_mb, ok, error, max(0.0, (peak_kb - before_rss) / 1024))
+    return MemoryProbe(micro_batch_size, limit_mb, ok, error, max(0.0, (_vm_kb("VmHWM") - before_rss) / 1024))
 
 
 if __name__ == "__main__":  # python -m course_lib.troubleshooting MICRO_BATCH LIMIT_MB (memory_probe's child)
