@@ -23,6 +23,14 @@ Facts this relies on (DeepSpeed 0.19.8, torch 2.13, CPU):
   MASTER_PORT (else DeepSpeed looks for MPI); :func:`single_process_env` sets them;
 * the process group must exist before the model is loaded (ZeRO-3 builds it partitioned), and
   every rank must leave through a barrier and ``destroy_process_group`` or rank 1 aborts at exit;
+* even then, two gloo process groups outlive ``destroy_process_group`` on every rank (4
+  ``pt_gloo_runloop`` and 2 ``gloo_tcp_loop`` threads, listed in ``/proc/self/task``), held from C++:
+  no Python object refers to a ProcessGroup any more (every object's attributes were scanned), and
+  neither ``engine.destroy()``, clearing DeepSpeed's group globals nor dropping the trainer frees
+  them. Interpreter finalisation then destroys them with their threads running, which is where a
+  rank now and then died with "terminate called without an active exception" (return code -6).
+  So a launched rank, its work saved and its group left, exits without that teardown
+  (:func:`leave`: flush, then ``os._exit``);
 * with accelerate, never ``--cpu`` or ``ACCELERATE_USE_CPU=1``: they silently drop DeepSpeed.
   On a CPU the training arguments carry ``use_cpu=True`` instead (the recipes do this);
 * one thread per process: two processes on two cores with two threads each run slower.
@@ -33,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import socket
 import sys
@@ -220,5 +229,26 @@ def _finish(summary: dict, out: Path) -> None:
         dist.destroy_process_group()
 
 
+def native_threads() -> dict[str, int]:
+    """This process's threads by name (``/proc/self/task/*/comm``), e.g. ``{"pt_gloo_runloop": 4}``."""
+    names = [Path(f"/proc/self/task/{task}/comm").read_text().strip() for task in os.listdir("/proc/self/task")]
+    return {name: names.count(name) for name in sorted(set(names))}
+
+
+def leave(code: int) -> None:
+    """End the process with ``code``. A rank started by a launcher (``WORLD_SIZE`` set) flushes its
+    output and exits at once, without the interpreter's teardown of the gloo threads that outlive
+    ``destroy_process_group`` (see the module docstring); any other run exits normally."""
+    if "WORLD_SIZE" not in os.environ:
+        sys.exit(code)
+    lingering = {k: v for k, v in native_threads().items() if "gloo" in k}
+    if lingering and os.environ.get("COURSE_DEBUG_EXIT"):
+        print(f"threads still running after destroy_process_group: {lingering}", file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())
