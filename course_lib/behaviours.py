@@ -68,6 +68,25 @@ def behaviour_table(texts: Sequence, correct: Sequence[bool]) -> pd.DataFrame:
     )
 
 
+def length_table(texts: Sequence, lengths: Sequence[int], threshold: int) -> pd.DataFrame:
+    """One row per behaviour: its ``share`` of the completions, their mean length in tokens, and the
+    share of them longer than ``threshold`` tokens (e.g. where DAPO's overlong shaping starts)."""
+    if len(texts) != len(lengths):
+        raise ValueError(f"{len(texts)} completions but {len(lengths)} lengths")
+    frame = pd.DataFrame({"behaviour": [behaviour(t) for t in texts], "tokens": [int(n) for n in lengths]})
+    frame["over"] = frame["tokens"] > threshold
+    stats = frame.groupby("behaviour").agg(n=("tokens", "size"), tokens=("tokens", "mean"), over=("over", "mean"))
+    stats = stats.reindex(BEHAVIOURS)
+    return pd.DataFrame(
+        {
+            "share": stats["n"].fillna(0) / max(len(frame), 1),
+            "mean tokens": stats["tokens"],
+            f"share over {threshold} tokens": stats["over"],
+        },
+        index=pd.Index(BEHAVIOURS, name="behaviour"),
+    )
+
+
 def shares(texts: Sequence) -> dict[str, float]:
     """``{behaviour: share of texts}`` for every behaviour (0 for the ones absent)."""
     names = [behaviour(t) for t in texts]

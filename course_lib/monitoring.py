@@ -189,7 +189,9 @@ def _table(history) -> pd.DataFrame:
 
 def diagnose(history, bands: dict[str, Band] | None = None, last: int = 3) -> pd.DataFrame:
     """Each banded metric's mean over the run's ``last`` steps against its band: one row per metric
-    with ``value``, ``low``, ``high``, ``healthy`` and, where not, what it means and what to try."""
+    with ``value`` (and its first steps' mean, ``start``), ``low``, ``high``, ``healthy`` and, where
+    not, what it means and what to try. Accuracy falling while the reward does not is read as reward
+    hacking (and flat groups then as the policy settled on the bonus); both falling, as a collapse."""
     table = _table(history)
     if table.empty:
         raise ValueError("the run has no logged steps yet: train at least one step, then diagnose it")
@@ -198,20 +200,27 @@ def diagnose(history, bands: dict[str, Band] | None = None, last: int = 3) -> pd
             table = table.assign(**{f"{key}_change": table[key] - table[key].head(last).mean()})
     bands = healthy_bands() if bands is None else bands
     accuracy = float(table["accuracy"].tail(last).mean()) if "accuracy" in table else math.nan
+    fell = {k: float(table[f"{k}_change"].tail(last).mean()) < -0.1 for k in ("reward", "accuracy") if k in table}
+    hacked = fell.get("accuracy", False) and not fell.get("reward", True)  # fewer right answers, no less reward
     rows = []
     for metric, band in bands.items():
         if metric not in table:
             continue
         start, value = float(table[metric].head(last).mean()), float(table[metric].tail(last).mean())
         ok, means, fix = band.contains(value, start), band.means, band.fix
-        if not ok and metric in FLAT_METRICS and accuracy >= SOLVED:
+        if not ok and metric == "accuracy_change" and not hacked:  # the reward fell too: a collapse, not a hack
+            means, fix = "fewer answers are right than when the run started, and the reward fell with it", ""
+        elif not ok and metric in FLAT_METRICS and hacked:
+            means = "flat because every completion now earns the same: the policy settled on what the reward pays for"
+            fix = "see accuracy_change"
+        elif not ok and metric in FLAT_METRICS and accuracy >= SOLVED:
             ok, means, fix = True, "flat because nearly every completion is right: these prompts are solved", ""
         elif not ok and metric in FLAT_METRICS and accuracy <= 1 - SOLVED:
             means = "flat because nearly every completion is wrong: the prompts are too hard, or the policy collapsed"
             fix = "if the reward fell (reward_change), lower the learning rate; else easier prompts or a larger G"
         low, high = band.bounds(start)
         rows.append(
-            {"metric": metric, "value": value, "low": low, "high": high, "healthy": ok,
+            {"metric": metric, "value": value, "start": start, "low": low, "high": high, "healthy": ok,
              "means": "" if ok and not means.startswith("flat because") else means, "try": "" if ok else fix}
         )  # fmt: skip
     return pd.DataFrame(rows).set_index("metric")
@@ -338,6 +347,20 @@ def load_history(path: str | Path) -> pd.DataFrame:
                 f"{path}, line {number}: not a JSON object ({e.msg}); each line must be one step's row"
             ) from e
     return pd.DataFrame(rows)
+
+
+def compare_runs(histories: dict, pairs: Sequence[tuple[str, str, str]], keys: Sequence[str], last: int = 3
+                 ) -> pd.DataFrame:  # fmt: skip
+    """Before and after a fix: for each ``(case, broken run, fixed run)``, each metric of ``keys`` over
+    the last ``last`` steps of both runs (``histories``: run name -> its log)."""
+    rows = []
+    for case, broken, fixed in pairs:
+        before, after = _table(histories[broken]).tail(last), _table(histories[fixed]).tail(last)
+        row = {"case": case, "before": broken, "after": fixed}
+        for key in keys:
+            row[f"{key} before"], row[f"{key} after"] = float(before[key].mean()), float(after[key].mean())
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("case")
 
 
 class TrackioLog:

@@ -16,9 +16,11 @@ the failures happen, so that a learner sees each one and its fix measured:
 * **a NaN**: advantages written straight from the formula, (r - mean) / std with no epsilon, are
   0 / 0 on a group whose rewards all agree; :class:`NoEpsilonLoop` trains with them, and the loop's
   guard stops before the NaN reaches the weights (:class:`UnguardedLoop` shows what it prevents);
-* **out of memory**: :func:`memory_probe` runs one GRPO step in a child process under an address-space
-  limit (``RLIMIT_AS``), as a GPU has a fixed amount of memory; one pass over all P x G completions
-  fails, micro-batches of a few pass. :func:`planned_step_mb` is the memory planner's forecast of both.
+* **out of memory**: :func:`memory_probe` runs one GRPO step in a child process under a limit of its
+  address space (``RLIMIT_AS``: what the process may map, a stand-in for a GPU's fixed memory; what
+  it reports is the peak of what was resident, which is less); one pass over all P x G completions
+  fails, micro-batches of a few pass. :func:`planned_step_mb` is the memory planner's forecast of
+  both, :func:`out_of_memory_case` puts the two together.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 from course_lib.advantages import GroupAdvantages
@@ -125,6 +129,21 @@ def planned_step_mb(micro_batch_size: int, completions: int, seq_len: int, lora_
                           grpo_completions=completions)  # fmt: skip
     parts = estimate(MODELS["pocket"], setup)["GB"] * GB / 2**20  # MiB, as the limit
     return float(sum(parts[k] for k in ("activations", "logits", "KV cache (generation)", "gradients", "optimizer")))
+
+
+def out_of_memory_case(micro_batches: tuple[int, int] = (64, 8), completions: int = 64, seq_len: int = 220
+                       ) -> pd.DataFrame:  # fmt: skip
+    """The out-of-memory case, planned and measured: the planner's forecast for one pass over every
+    completion and for micro-batches, a limit between the two (their geometric mean), and one probe
+    of each under it (:func:`memory_probe`). One row per micro-batch size."""
+    planned = {m: planned_step_mb(m, completions, seq_len) for m in micro_batches}
+    limit = round(float(np.sqrt(np.prod(list(planned.values())))))
+    rows = []
+    for m in micro_batches:
+        probe = memory_probe(m, limit)
+        rows.append({"micro-batch": m, "planned MiB": round(planned[m]), "limit MiB": limit, "fits": probe.ok,
+                     "grew MiB": round(probe.grew_mb), "error": probe.error})  # fmt: skip
+    return pd.DataFrame(rows).set_index("micro-batch")
 
 
 def memory_probe(micro_batch_size: int, limit_mb: float, timeout: int = 600) -> MemoryProbe:

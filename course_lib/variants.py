@@ -146,14 +146,15 @@ class VariantsPlan:
     n_eval: int  # held-out problems at every checkpoint
     eval_k: int  # samples per held-out problem
     eval_steps: tuple[int, ...]  # steps after which held-out accuracy is measured (and at the end)
-    seeds: tuple[int, ...]  # the central arms' seeds; the other arms run the first
+    seeds: tuple[int, ...]  # the seeds of the arms in ``repeated``; the other arms run the first
     arms: tuple[str, ...]
+    repeated: tuple[str, ...]  # the arms that run every seed
     records: int = 1  # what a saved run holds
 
     def runs(self) -> list[tuple[str, int]]:
-        """(arm, seed) in the order they run: every arm's first seed, then the central arms' others."""
+        """(arm, seed) in the order they run: every arm's first seed, then the repeated arms' others."""
         first = [(arm, self.seeds[0]) for arm in self.arms]
-        return first + [(arm, seed) for seed in self.seeds[1:] for arm in self.arms if VARIANTS[arm].central]
+        return first + [(arm, seed) for seed in self.seeds[1:] for arm in self.arms if arm in self.repeated]
 
     @property
     def budget(self) -> int:
@@ -170,15 +171,17 @@ class VariantsPlan:
             f"baseline: {b.steps} steps of {b.prompts_per_step} prompts x {b.group_size} completions "
             f"({self.budget} sampled completions), LoRA r={self.lora[0]}, lr {b.learning_rate:g}, "
             f"loss {b.loss_type}, scale_rewards {b.scale_rewards}, mu {b.num_iterations}, beta {b.beta:g}; "
-            f"every arm gets {self.budget} sampled completions; {len(self.arms)} arms, the central ones with "
-            f"{len(self.seeds)} seeds ({len(self.runs())} runs); held-out accuracy after steps "
+            f"every arm gets {self.budget} sampled completions; {len(self.arms)} arms, {len(self.repeated)} of them "
+            f"with {len(self.seeds)} seeds ({len(self.runs())} runs); held-out accuracy after steps "
             f"{', '.join(map(str, self.eval_steps))} and at the end, on {self.n_eval} test problems "
             f"x {self.eval_k} samples"
         )
 
 
 def plan_for(profile: Profile, seeds: int = 3, arms: tuple[str, ...] | None = None) -> VariantsPlan:
-    """The study's plan: lesson 05's recipe as the baseline, every variant, ``seeds`` seeds each."""
+    """The study's plan: lesson 05's recipe as the baseline and every variant, the central ones with
+    ``seeds`` seeds, the others with one. ``arms``: a subset instead, every one of them with ``seeds``
+    seeds, with the baseline and each arm's partner added (so each can still be compared)."""
     if profile.name != "pocket":
         raise ValueError(
             f"the variants lab runs on the pocket profile (got {profile.name!r}): {len(VARIANTS)} arms x {seeds} "
@@ -187,14 +190,21 @@ def plan_for(profile: Profile, seeds: int = 3, arms: tuple[str, ...] | None = No
     unknown = set(arms or ()) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown arm(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
+    if arms:
+        wanted = {BASELINE, *arms, *(VARIANTS[a].compare_to for a in arms)}
+        arms = tuple(a for a in VARIANTS if a in wanted)
+        repeated = arms
+    else:
+        arms = (BASELINE, "scale_none", "dynamic", "g4") if profile.fast else tuple(VARIANTS)
+        repeated = tuple(a for a in arms if VARIANTS[a].central)
     base, lora = grpo_recipe(profile)
     adapter = (lora.r, lora.lora_alpha, lora.lora_dropout)
     stream = 4 * base.steps * base.prompts_per_step  # dynamic sampling draws more problems than P a step
     if profile.fast:
         return VariantsPlan(profile.name, True, base, adapter, stream, 8, 2, (1,), tuple(range(min(seeds, 2))),
-                            arms or (BASELINE, "scale_none", "dynamic", "g4"))  # fmt: skip
+                            arms, repeated)  # fmt: skip
     return VariantsPlan(profile.name, False, base, adapter, stream, 128, 4, (2, 4, 6, 8, 12, 16),
-                        tuple(range(seeds)), arms or tuple(VARIANTS))  # fmt: skip
+                        tuple(range(seeds)), arms, repeated)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- one run
@@ -453,9 +463,13 @@ def mean_over_run(run: VariantRun, budget: int) -> np.ndarray:
     return learning_area([c.completions for c in run.checkpoints], curves, budget)
 
 
-def seed_spread(runs: dict[tuple[str, int], VariantRun], arm: str) -> float:
-    """Largest gap between two seeds' final accuracy, in points (0 with one seed)."""
-    values = [100 * accuracy(r.final).mean() for r in seeds_of(runs, arm)]
+def seed_spread(runs: dict[tuple[str, int], VariantRun], arm: str, at: str = "end") -> float:
+    """Largest gap between two seeds of ``arm``, in points: of their final accuracy (``"end"``) or of
+    their accuracy averaged over the run (``"run"``); 0 with one seed."""
+    budget = budget_of(runs)
+    values = [
+        100 * (accuracy(r.final) if at == "end" else mean_over_run(r, budget)).mean() for r in seeds_of(runs, arm)
+    ]
     return float(max(values) - min(values))
 
 
@@ -493,15 +507,17 @@ def curve_frame(runs: dict[tuple[str, int], VariantRun]) -> pd.DataFrame:
 def summary_table(runs: dict[tuple[str, int], VariantRun]) -> pd.DataFrame:
     """One row per arm: what it cost (steps, completions, training time), its held-out accuracy at
     the matched budget of completions and averaged over the run, each with its paired change against
-    the arm it differs from (read against the two arms' seed spread), its accuracy at the matched
-    wall time against the baseline's, and its last steps' length, entropy and flat groups."""
+    the arm it differs from and that change read against the spread used (the larger seed spread of
+    the two arms, :func:`seed_spread`, measured the same way), its accuracy at the matched wall time
+    against the baseline's, and its last steps' length, entropy and flat groups (for dynamic sampling:
+    of the batch it trained on, after the refills)."""
     at = matched_time(runs)
     rows = []
     for arm in arms_of(runs):
         variant, seeds = VARIANTS[arm], seeds_of(runs, arm)
         last = pd.DataFrame([row for r in seeds for row in r.history[-3:]])  # the last 3 steps of each seed
         other = None if arm == BASELINE else variant.compare_to
-        spread = max(seed_spread(runs, arm), seed_spread(runs, other or arm))
+        spread = {at: max(seed_spread(runs, arm, at), seed_spread(runs, other or arm, at)) for at in ("end", "run")}
         end = change(runs, arm) if other else None
         speed = change(runs, arm, at="run") if other else None
         timed = change(runs, arm, BASELINE, at=at) if other else None
@@ -516,38 +532,20 @@ def summary_table(runs: dict[tuple[str, int], VariantRun]) -> pd.DataFrame:
             "compared to": other or "",
             "accuracy (%)": 100 * float(per_problem(runs, arm).mean()),
             "change": "" if end is None else str(end),
-            "reading": "" if end is None else end.read_against(spread),
+            "spread": spread["end"],
+            "reading": "" if end is None else end.read_against(spread["end"]),
             "mean over the run (%)": 100 * float(per_problem(runs, arm, "run").mean()),
             "change over the run": "" if speed is None else str(speed),
-            "reading over the run": "" if speed is None else speed.read_against(spread),
+            "spread over the run": spread["run"],
+            "reading over the run": "" if speed is None else speed.read_against(spread["run"]),
             "at matched time (%)": 100 * float(per_problem(runs, arm, at).mean()),
             "steps by then": float(np.mean([within(r, at).step for r in seeds])),
             "vs baseline at matched time": "" if timed is None else str(timed),
-            "seed spread": seed_spread(runs, arm),
             "length": float(last["completion_length"].mean()),
             "entropy": float(last["entropy"].mean()),
             "flat groups (%)": 100 * float(last["frac_zero_std"].mean()),
         })  # fmt: skip
     return pd.DataFrame(rows).set_index("arm")
-
-
-def optimizer_scale_table(scales=(0.01, 0.1, 1.0, 10.0, 100.0), size: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Why a variant that multiplies the whole batch's gradient by one number changes little: the size
-    of the first update of SGD and of AdamW (lr 1e-3, as the recipe) when the same gradient is scaled.
-    SGD's step grows with the scale; Adam divides by the gradient's own running size, so its step is
-    nearly the same (until the gradient is small against Adam's epsilon, 1e-8)."""
-    gradient = torch.randn(size, generator=torch.Generator().manual_seed(seed))  # (size,)
-    rows = []
-    for scale in scales:
-        steps = {}
-        for name, make in (("SGD", torch.optim.SGD), ("AdamW", torch.optim.AdamW)):
-            weight = torch.zeros(size, requires_grad=True)
-            optimizer = make([weight], lr=1e-3)
-            weight.grad = scale * gradient
-            optimizer.step()
-            steps[name] = float(weight.detach().norm())  # |first update|, the weights started at 0
-        rows.append({"gradient scale": scale, "SGD step": steps["SGD"], "AdamW step": steps["AdamW"]})
-    return pd.DataFrame(rows).set_index("gradient scale")
 
 
 def group_scale_factors(group_size: int) -> pd.DataFrame:
@@ -562,6 +560,76 @@ def group_scale_factors(group_size: int) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("right of G")
 
 
+#: The columns lesson 14 shows of :func:`summary_table`, in reading order.
+SUMMARY_COLUMNS = ("variant", "seeds", "steps", "completions", "train s", "accuracy (%)", "change", "spread", "reading",
+                   "mean over the run (%)", "change over the run", "spread over the run", "reading over the run",
+                   "at matched time (%)", "steps by then", "vs baseline at matched time", "length", "entropy",
+                   "flat groups (%)")  # fmt: skip
+
+
+def clear_differences(table: pd.DataFrame) -> list[str]:
+    """One line per arm that differs from its partner by more than noise, at the end or over the run
+    (:func:`summary_table`'s readings), then how many arms differ at the end."""
+    rows = table.drop(index=BASELINE)
+    lines = [
+        f"{row['variant']} vs {row['compared to']}: at the end {row['change']} ({row['reading']}); "
+        f"over the run {row['change over the run']} ({row['reading over the run']})"
+        for _, row in rows.iterrows()
+        if not (row["reading"].startswith("cannot tell") and row["reading over the run"].startswith("cannot tell"))
+    ]
+    apart = (~rows["reading"].str.startswith("cannot tell")).sum()
+    return lines + [f"{apart} of {len(rows)} arms differ from their partner at the end by more than noise"]
+
+
+def metric_last(history: pd.DataFrame, arm: str, key: str) -> float:
+    """A logged metric at each seed's last step, averaged over ``arm``'s seeds (:func:`history_frame`)."""
+    return float(history[history["arm"] == arm].groupby("seed")[key].last().mean())
+
+
+def sampling_cost(history: pd.DataFrame, plan: VariantsPlan, arm: str = "dynamic") -> dict[str, float]:
+    """What an arm sampled per step against a plain step's P x G: mean completions a step, the ratio,
+    and the mean number of steps it took within the budget."""
+    rows = history[history["arm"] == arm]
+    per_step = plan.base.prompts_per_step * plan.base.group_size
+    drawn = float(rows["completions_sampled"].mean())
+    return {"per step": drawn, "ratio": drawn / per_step, "plain step": per_step,
+            "steps": float(rows.groupby("seed")["step"].max().mean())}  # fmt: skip
+
+
+def adam_rescaling(steps: int = 20, groups: int = 8, size: int = 512, lr: float = 1e-3, seed: int = 0) -> pd.DataFrame:
+    """Why a variant that rescales advantages changes little under Adam. A step's gradient is the sum of
+    its groups' gradients (random vectors here, ``groups`` a step, each over all ``size`` weights);
+    the same sums are rebuilt with each group's part multiplied by a factor that is (a) one constant,
+    (b) a new number each step, the same for every group (as a batch-wide normaliser that changes
+    from batch to batch), (c) a different number for each group (as group scaling weights each
+    group by 1 / its std), and SGD and AdamW each take ``steps`` steps. Each row: how far the weights
+    end from where the unscaled sums take them, relative to how far those moved (0: the same run)."""
+    g = torch.Generator().manual_seed(seed)
+    parts = torch.randn(steps, groups, size, generator=g)  # (steps, groups, weights): each group's gradient
+    factors = {
+        "x 2.3 for every group, every step": torch.full((steps, groups, 1), 2.3),
+        "a new factor each step (1.9-2.8), shared by the groups": (
+            1.87 + 0.96 * torch.rand(steps, 1, 1, generator=g)
+        ).expand(steps, groups, 1),
+        "a factor per group (1.9-2.8), as group scaling": 1.87 + 0.96 * torch.rand(steps, groups, 1, generator=g),
+    }
+    rows = []
+    for name, factor in factors.items():
+        row = {"rescaling": name}
+        for optimizer in (torch.optim.SGD, torch.optim.AdamW):
+            ends = []
+            for scaled in (parts, parts * factor):  # (steps, groups, weights)
+                weight = torch.zeros(size, requires_grad=True)
+                opt = optimizer([weight], lr=lr)
+                for gradient in scaled.sum(dim=1):  # (weights,) each step's sum over its groups
+                    weight.grad = gradient.clone()
+                    opt.step()
+                ends.append(weight.detach().clone())
+            row[optimizer.__name__] = float((ends[1] - ends[0]).norm() / ends[0].norm())
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("rescaling")
+
+
 def arms_table(plan: VariantsPlan) -> pd.DataFrame:
     """The plan's arms: what each changes, the arm it is compared to, its seeds and what it does."""
 
@@ -571,7 +639,7 @@ def arms_table(plan: VariantsPlan) -> pd.DataFrame:
 
     return pd.DataFrame([
         {"arm": v.name, "variant": v.label, "changes": changes(v), "compared to": "" if v.name == BASELINE
-         else v.compare_to, "seeds": len(plan.seeds) if v.central else 1, "what it does": v.why}
+         else v.compare_to, "seeds": len(plan.seeds) if v.name in plan.repeated else 1, "what it does": v.why}
         for v in VARIANTS.values() if v.name in plan.arms
     ]).set_index("arm")  # fmt: skip
 

@@ -64,3 +64,13 @@ def test_selection_and_skill_add_up_to_the_change_and_tell_the_two_apart():
     abandoned = result_of(problems, [[right] * 7 + ["#### 27"]] * 4)  # the short one now rare, and right
     split = selection_and_skill(before, abandoned)
     assert split["total"] == pytest.approx(75.0) and split["skill"] == pytest.approx(12.5)  # weighed by its new share
+
+
+def test_the_length_table_counts_long_completions_per_behaviour():
+    from course_lib.behaviours import length_table
+
+    texts = ["#### 5", "#### 7", "3+4 = 7\n#### 7", "2*3 = 6\n6+1 = 7\n#### 7"]
+    table = length_table(texts, [3, 3, 120, 150], threshold=112)
+    assert table.loc["answer_only", "share"] == 0.5 and table.loc["answer_only", "share over 112 tokens"] == 0
+    assert table.loc["step_by_step", "mean tokens"] == 135 and table.loc["step_by_step", "share over 112 tokens"] == 1
+    assert table.loc["other", "share"] == 0

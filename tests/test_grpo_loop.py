@@ -131,6 +131,9 @@ def test_dynamic_sampling_refills_flat_groups_with_fresh_problems_and_counts_wha
     assert not flat.any() or table["sampling_rounds"].iloc[-1] == 6
     assert (table["completions_sampled"] >= p * g).all() and table["completions_sampled"].sum() > 3 * p * g
     assert dynamic.cursor * g == table["completions_sampled"].sum()  # every drawn problem was counted
+    # what it drew, kept or not, is logged apart from the batch it trained on (which has no flat group)
+    assert (plain_table["accuracy_drawn"] == plain_table["accuracy"]).all()
+    assert (table["frac_zero_std_drawn"] >= table["frac_zero_std"]).all()
     # the rows line up: group i of the batch holds the completions of problem i
     texts = samples.grouped_texts()
     assert all(len(group) == g for group in texts) and samples.prompt_index == [i for i in range(p) for _ in range(g)]
@@ -185,7 +188,7 @@ def test_a_non_finite_loss_stops_with_a_clear_message_and_no_update(problems):
         return output * float("nan") if module.training else output
 
     loop.policy.model.norm.register_forward_hook(blow_up)
-    with pytest.raises(FloatingPointError, match="Lower the learning rate"):
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
         for _ in range(10):
             loop.train_step()
     assert all(torch.equal(a, b) for a, b in zip(loop.policy.parameters(), weights))

@@ -173,3 +173,29 @@ def test_a_trl_run_logs_to_trackio_with_trls_report_to_and_reads_back_in_our_nam
     assert back["reward"].tolist() == pytest.approx([row["reward"] for row in logged])
     assert {"accuracy", "frac_zero_std", "completion_length", "entropy"} <= set(back)  # TRL's names, mapped
     assert len(dashboard({"TRL": back}).data) > 0
+
+
+def test_before_and_after_a_fix_reads_the_last_steps_of_both_runs():
+    from course_lib.monitoring import compare_runs
+
+    histories = {"broken": _run(accuracy=0.1), "fixed": _run()}
+    table = compare_runs(histories, [("a case", "broken", "fixed")], keys=("accuracy", "frac_zero_std"))
+    assert table.loc["a case", "accuracy before"] == pytest.approx(0.1)
+    assert table.loc["a case", "accuracy after"] == pytest.approx(sum(0.3 + 0.1 * s for s in (4, 5, 6)) / 3)
+    assert table.loc["a case", "before"] == "broken" and table.loc["a case", "after"] == "fixed"
+
+
+def test_accuracy_falling_with_the_reward_is_a_collapse_not_a_hack():
+    collapse = [{"step": s, "reward": 0.4 - 0.05 * s, "accuracy": 0.4 - 0.05 * s, "frac_zero_std": 0.3 + 0.1 * s}
+                for s in range(1, 8)]  # fmt: skip
+    verdict = diagnose(collapse)
+    assert (
+        not verdict.loc["accuracy_change", "healthy"]
+        and "reward hacking" not in verdict.loc["accuracy_change", "means"]
+    )
+    assert "reward fell with it" in verdict.loc["accuracy_change", "means"]
+    hack = [{**row, "reward": 3.0 + 0.1 * row["step"]} for row in collapse]
+    verdict = diagnose(hack)
+    assert "reward hacking" in verdict.loc["accuracy_change", "means"]
+    assert "settled on what the reward pays for" in verdict.loc["frac_zero_std", "means"]
+    assert verdict.loc["accuracy_change", "start"] == pytest.approx(0.0)  # a change is read against its own first steps

@@ -48,6 +48,10 @@ def test_the_full_plan_matches_every_arm_to_the_baseline_budget():
         plan_for(get_profile("gpu", fast=True))
     with pytest.raises(ValueError, match="unknown arm"):
         plan_for(get_profile("pocket", fast=True), arms=("nope",))
+    # a subset: every arm named gets every seed, and the baseline and its partner come along
+    subset = plan_for(get_profile("pocket", fast=False), arms=("clip_higher",), seeds=3)
+    assert subset.arms == (BASELINE, "mu2", "clip_higher") == subset.repeated
+    assert len(subset.runs()) == 9
 
 
 def test_every_run_samples_the_budget_and_is_measured_at_its_checkpoints(study):
@@ -125,7 +129,28 @@ def test_readings_at_matched_completions_over_the_run_and_at_matched_time():
     table = variants.summary_table(runs)
     assert table.loc["mu4", "steps by then"] == 0 and table.loc["mu4", "accuracy (%)"] == 75.0
     assert table.loc["mu4", "change"] == str(end) and table.loc["mu4", "compared to"] == BASELINE
-    assert table.loc[BASELINE, "change"] == ""
+    assert table.loc[BASELINE, "change"] == "" and table.loc["mu4", "spread"] == 0.0  # one seed each
+    assert set(variants.SUMMARY_COLUMNS) <= set(table.columns)
+    assert (
+        variants.clear_differences(table)[-1] == "0 of 1 arms differ from their partner at the end by more than noise"
+    )
+
+
+def test_the_seed_spread_is_measured_the_way_the_change_is():
+    start = [0, 0]
+    runs = {
+        (BASELINE, 0): _run(BASELINE, 0, [(0, 0, start), (50, 5, [2, 2]), (100, 10, [2, 2])], 10),  # fast, then 100 %
+        (BASELINE, 1): _run(BASELINE, 1, [(0, 0, start), (50, 5, [0, 0]), (100, 10, [2, 2])], 10),  # slow, then 100 %
+    }
+    assert variants.seed_spread(runs, BASELINE) == 0.0  # both end at 100 %
+    assert variants.seed_spread(runs, BASELINE, at="run") == pytest.approx(50.0)  # 75 % vs 25 % over the run
+
+
+def test_adam_cancels_a_constant_factor_and_sgd_does_not():
+    moved = variants.adam_rescaling()
+    constant, per_group = moved.iloc[0], moved.iloc[2]
+    assert constant["AdamW"] < 1e-5 and constant["SGD"] == pytest.approx(1.3, rel=1e-4)  # x 2.3: 130 % further
+    assert 0.01 < per_group["AdamW"] < 0.5 < per_group["SGD"]  # per-group factors change the direction
 
 
 @pytest.mark.parametrize("mode", ["widget", "static"])
@@ -146,3 +171,13 @@ def test_the_variants_explorer_draws_a_family_beside_its_reference(study, mode, 
     assert [t.name for t in figure.data if t.showlegend is not False] == [VARIANTS[BASELINE].label,
                                                                            VARIANTS["dynamic"].label]  # fmt: skip
     assert "completion length" in figure.layout.title.text
+
+
+def test_the_shipped_study_is_todays_full_plan_and_reads_like_the_lesson_says():
+    plan = plan_for(get_profile("pocket", fast=False))
+    runs = variants.load_runs(variants.SHIPPED, plan)  # refuses a file made under another plan
+    assert set(runs) == set(plan.runs()) and len(runs) == 35
+    assert variants.budget_of(runs) == plan.budget
+    table = variants.summary_table(runs)
+    assert table.loc["mu4", "train s"] > 2 * table.loc[BASELINE, "train s"]  # mu = 4 costs time
+    assert table.loc["dynamic", "completions"] >= plan.budget > 0 and table.loc["dynamic", "steps"] < 20

@@ -202,7 +202,9 @@ class GRPOLoop:
         Without dynamic sampling: the step's P problems, sampled once. With it (DAPO): the groups
         whose rewards all agree are dropped and fresh problems drawn in their place, until P groups
         with a signal are in hand or ``max_sampling_rounds`` draws were made; the batch is then the
-        first P groups with a signal, topped up with flat ones if the rounds ran out.
+        first P groups with a signal, topped up with flat ones if the rounds ran out. The step's
+        ``accuracy`` and ``frac_zero_std`` then describe the batch trained on; ``accuracy_drawn``
+        and ``frac_zero_std_drawn`` every completion and group drawn (the two agree without it).
         """
         s, p = self.settings, self.settings.prompts_per_step
         base_seed = s.seed * 1_000_003 + self.step  # one seed per step: never reused by another step
@@ -211,7 +213,10 @@ class GRPOLoop:
             self.cursor += p
             samples, scored = self._sample_and_score(problems, base_seed)
             adv = self.advantages(torch.tensor([r["total"] for r in scored]))
-            return problems, samples, scored, adv, {"completions_sampled": len(scored), "sampling_rounds": 1}
+            drawn = {"completions_sampled": len(scored), "sampling_rounds": 1,
+                     "accuracy_drawn": sum(r["correct"] for r in scored) / len(scored),
+                     "frac_zero_std_drawn": adv.zero_variance.float().mean().item()}  # fmt: skip
+            return problems, samples, scored, adv, drawn
         groups: list[tuple[dict, Samples, list[dict]]] = []  # (problem, its G samples, its G scores), drawn order
         flat: list[bool] = []  # whether each drawn group's rewards all agree
         drawn = rounds = 0
@@ -228,7 +233,10 @@ class GRPOLoop:
         samples = Samples.concat([b[1] for b in batch], self.tokenizer.pad_token_id)
         scored = [r for b in batch for r in b[2]]
         adv = self.advantages(torch.tensor([r["total"] for r in scored]))
-        return problems, samples, scored, adv, {"completions_sampled": drawn, "sampling_rounds": rounds}
+        every = [r["correct"] for group in groups for r in group[2]]  # every completion drawn, kept or not
+        return problems, samples, scored, adv, {"completions_sampled": drawn, "sampling_rounds": rounds,
+                                                "accuracy_drawn": sum(every) / len(every),
+                                                "frac_zero_std_drawn": sum(flat) / len(flat)}  # fmt: skip
 
     def _log_row(self, rewards, scored, adv, samples, keep, update: dict, seconds: float) -> dict:
         """The step's metrics: rewards, accuracy, advantages, zero-variance share, lengths, the share of
@@ -355,8 +363,9 @@ class GRPOLoop:
         if not torch.isfinite(value).all():
             raise FloatingPointError(
                 f"GRPO step {self.step + 1}: the {what} is {value.item()}, so the model was not updated. "
-                f"Lower the learning rate (now {self.settings.learning_rate}) or max_grad_norm, and "
-                "resume from the last checkpoint (GRPOLoop.load)."
+                "If the rewards or advantages hold a NaN (a division by a zero std, a reward of 0 / 0), "
+                f"fix them; else lower the learning rate (now {self.settings.learning_rate}) or max_grad_norm, "
+                "and resume from the last checkpoint (GRPOLoop.load)."
             )
 
     # ------------------------------------------------------------------ the loop
