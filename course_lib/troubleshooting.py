@@ -10,6 +10,9 @@ the failures happen, so that a learner sees each one and its fix measured:
 * **reward hacking**: a brevity bonus paid to every answer, right or wrong (lesson 09's sweep at a
   weight past its flip), against the same bonus paid to correct answers only: ``hacking`` and
   ``hacking_fixed``;
+* **instability** (lesson 13's collapsing run, a learning rate 30x the recipe's) with the two fixes
+  other than the learning rate: a KL penalty and tighter gradient clipping (``collapsing_kl``,
+  ``collapsing_clipped``);
 * **low reward variance** on problems too hard for the base (lesson 13's stalled run), and two
   fixes that keep the problems: DAPO's dynamic sampling and larger groups at the same number of
   completions: ``stalled_dynamic`` and ``stalled_g16``;
@@ -43,7 +46,7 @@ from course_lib.config import Profile, get_profile
 from course_lib.data import train_problems
 from course_lib.memory import GB, MODELS, TrainingSetup, estimate
 from course_lib.models import load_policy
-from course_lib.monitoring import HARD_STEPS, ExampleRun
+from course_lib.monitoring import COLLAPSE_LR_FACTOR, HARD_STEPS, ExampleRun
 from course_lib.rewards import RewardConfig
 from course_lib.shaping import shaped_reward
 from course_lib.train.grpo import GRPOLoop
@@ -61,6 +64,7 @@ def failure_runs(profile: Profile) -> dict[str, ExampleRun]:
     low, high = HARD_STEPS
     hard = train_problems(profile, 4 * n, seed=1, min_steps=low, max_steps=high)  # room for dynamic sampling
     g = settings.prompts_per_step * settings.group_size // 16  # G = 16 at the recipe's completions per step
+    collapsing = dataclasses.replace(settings, learning_rate=COLLAPSE_LR_FACTOR * settings.learning_rate)
     worked = train_problems(profile, n, seed=1, min_steps=2)  # 2+ lines of working before the answer line
     buggy, fixed = RewardConfig(format_weight=1.0, dotall=False), RewardConfig(format_weight=1.0)
     return {
@@ -73,6 +77,10 @@ def failure_runs(profile: Profile) -> dict[str, ExampleRun]:
         "hacking_fixed": ExampleRun(
             dataclasses.replace(settings, reward=shaped_reward(HACKING_WEIGHT, gated=True)), problems,
             "the same bonuses paid to correct answers only"),
+        "collapsing_kl": ExampleRun(dataclasses.replace(collapsing, beta=0.04), problems,
+                                    f"the learning rate x {COLLAPSE_LR_FACTOR} with a KL penalty (beta 0.04)"),
+        "collapsing_clipped": ExampleRun(dataclasses.replace(collapsing, max_grad_norm=0.1), problems,
+                                         f"the learning rate x {COLLAPSE_LR_FACTOR}, gradients clipped to norm 0.1"),
         "stalled_dynamic": ExampleRun(dataclasses.replace(settings, dynamic_sampling=True), hard,
                                       f"problems of {low}-{high} steps with DAPO's dynamic sampling"),
         "stalled_g16": ExampleRun(dataclasses.replace(settings, group_size=16, prompts_per_step=max(1, g)), hard[:n],

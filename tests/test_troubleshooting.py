@@ -39,6 +39,9 @@ def test_each_failure_run_differs_from_the_recipe_in_what_it_says():
     assert not runs["hacking"].settings.reward.format_needs_correct
     assert runs["hacking_fixed"].settings.reward.format_needs_correct
     assert changed("stalled_dynamic") == {"dynamic_sampling"}
+    assert changed("collapsing_kl") == {"learning_rate", "beta"}
+    assert changed("collapsing_clipped") == {"learning_rate", "max_grad_norm"}
+    assert runs["collapsing_clipped"].settings.max_grad_norm < recipe.max_grad_norm
     g16 = runs["stalled_g16"].settings
     assert changed("stalled_g16") == {"group_size", "prompts_per_step"} and g16.group_size == 16
     assert g16.group_size * g16.prompts_per_step == recipe.group_size * recipe.prompts_per_step
