@@ -29,8 +29,6 @@ under the same plan. Command line: ``python -m course_lib.overlap``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -47,7 +45,7 @@ from course_lib.config import Profile, fast_mode, get_profile, setup_torch
 from course_lib.data import eval_problems, train_problems
 from course_lib.evaluation import Estimate, PairedChange, evaluate_profile, paired_difference, wilson_interval
 from course_lib.models import load_model
-from course_lib.report import results_dir, study_parser, write_json
+from course_lib.report import fingerprint, read_saved, results_dir, study_parser, write_json
 from course_lib.rewards import is_correct
 from course_lib.train.expert_iteration import RSSettings, cached_pool
 from course_lib.train.grpo import GRPOLoop, GRPOSettings
@@ -90,8 +88,8 @@ class OverlapPlan:
     records: int = 2  # what an arm's record holds (2: flat groups split into all right / all wrong)
 
     def fingerprint(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        """A short hash of the whole plan."""
+        return fingerprint(self)
 
     def arms(self) -> tuple[str, ...]:
         return ARMS + (tuple(a + SECOND_SEED for a in OVERLAPS) if self.second_seed else ())
@@ -237,14 +235,8 @@ class OverlapStudy:
         return self.arm_dir / f"{arm}.json"
 
     def load_arm(self, arm: str) -> OverlapArm | None:
-        path = self.arm_path(arm)
-        if self.fresh or not path.is_file():
-            return None
-        record = OverlapArm.from_json(json.loads(path.read_text()))
-        if record.plan != self.plan.fingerprint():
-            self.log(f"{arm}: the saved result was made with other settings; running it again")
-            return None
-        return record
+        """A finished arm from disk, or None when there is none or it was made under another plan."""
+        return read_saved(self.arm_path(arm), OverlapArm.from_json, self.plan.fingerprint(), arm, self.log, self.fresh)
 
     def pool(self) -> SampledPool:
         """k samples from the base for every question an SFT stage may use (GRPO's and the fresh

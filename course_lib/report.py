@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -181,6 +182,26 @@ def study_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--fresh", action="store_true", help="ignore finished arms on disk and run every arm")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def fingerprint(plan) -> str:
+    """A short hash of a study's whole plan (a dataclass): a saved arm is reused only under the same one."""
+    text = json.dumps(dataclasses.asdict(plan), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def read_saved(path: str | Path, from_json, fingerprint: str, name: str, log, fresh: bool = False):
+    """A study's finished arm (or run) from ``path`` through ``from_json``, or None: when there is none,
+    when ``fresh`` asks for a new one, or when it was made under another plan (its ``plan`` is not
+    ``fingerprint``; said in the ``log`` under ``name``). The showdown and the pocket studies all resume so."""
+    path = Path(path)
+    if fresh or not path.is_file():
+        return None
+    record = from_json(json.loads(path.read_text()))
+    if record.plan != fingerprint:
+        log(f"{name}: the saved result was made with other settings; running it again")
+        return None
+    return record
 
 
 def write_json(path: str | Path, obj) -> Path:

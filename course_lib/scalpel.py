@@ -28,8 +28,6 @@ Command line: ``python -m course_lib.scalpel`` (``--help``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import sys
 import time
@@ -54,7 +52,7 @@ from course_lib.evaluation import (
     sorting_item_scores,
 )
 from course_lib.models import load_model
-from course_lib.report import Budget, results_dir, study_parser, write_json
+from course_lib.report import Budget, fingerprint, read_saved, results_dir, study_parser, write_json
 from course_lib.train.expert_iteration import RSSettings, cached_pool
 from course_lib.train.grpo import GRPOLoop, GRPOSettings
 from course_lib.train.recipes import grpo_recipe, rs_recipe
@@ -127,8 +125,7 @@ class ScalpelPlan:
 
     def fingerprint(self) -> str:
         """A short hash of the whole plan."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return fingerprint(self)
 
     def budget_note(self) -> str:
         g, rs = self.grpo, self.rs
@@ -266,14 +263,8 @@ class ScalpelStudy:
 
     def load_arm(self, arm: str) -> ScalpelArm | None:
         """A finished arm from disk, or None when there is none or it was made under another plan."""
-        path = self.arm_path(arm)
-        if self.fresh or not path.is_file():
-            return None
-        record = ScalpelArm.from_json(json.loads(path.read_text()))
-        if record.plan != self.plan.fingerprint():
-            self.log(f"{LABELS[arm]}: the saved result was made with other settings; running it again")
-            return None
-        return record
+        return read_saved(self.arm_path(arm), ScalpelArm.from_json, self.plan.fingerprint(), LABELS[arm], self.log,
+                          self.fresh)  # fmt: skip
 
     # -------------------------------------------------------------- the shared SFT pool
     def pool(self) -> tuple[SampledPool, float]:

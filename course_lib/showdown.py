@@ -30,8 +30,6 @@ plan) and runs only the rest.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +44,16 @@ from course_lib.config import Profile
 from course_lib.data import eval_problems, facts_probe_items, train_problems
 from course_lib.evaluation import METRICS, evaluate_profile, facts_probe
 from course_lib.models import load_model, load_policy, lora_config
-from course_lib.report import ArmResult, Budget, FactsScore, StudyReport, write_json, write_reports
+from course_lib.report import (
+    ArmResult,
+    Budget,
+    FactsScore,
+    StudyReport,
+    fingerprint,
+    read_saved,
+    write_json,
+    write_reports,
+)
 from course_lib.rewards import FORMAT_COMPONENTS, TRELIS_SHAPED_REWARD, format_components
 from course_lib.train.expert_iteration import RSSettings, cached_pool
 from course_lib.train.grpo import GRPOSettings
@@ -80,8 +87,7 @@ class ShowdownPlan:
 
     def fingerprint(self) -> str:
         """A short hash of the whole plan."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return fingerprint(self)
 
     @property
     def completions_per_arm(self) -> int:
@@ -215,14 +221,7 @@ class Showdown:
 
     def load_arm(self, arm: str) -> ArmResult | None:
         """A finished arm from disk, or None when there is none or it was made under another plan."""
-        path = self.arm_path(arm)
-        if not path.is_file():
-            return None
-        record = ArmResult.from_json(json.loads(path.read_text()))
-        if record.plan != self.plan.fingerprint():
-            self.log(f"{arm}: the saved result was made with other settings; running it again")
-            return None
-        return record
+        return read_saved(self.arm_path(arm), ArmResult.from_json, self.plan.fingerprint(), arm, self.log)
 
     def save_arm(self, record: ArmResult) -> Path:
         return write_json(self.arm_path(record.arm), record.to_json())

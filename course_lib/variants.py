@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import json
 import sys
 import time
@@ -45,7 +44,7 @@ from course_lib.config import Profile, fast_mode, get_profile, setup_torch
 from course_lib.data import eval_problems, train_problems
 from course_lib.evaluation import PairedChange, evaluate, paired_difference
 from course_lib.models import load_policy
-from course_lib.report import results_dir, study_parser, write_json
+from course_lib.report import fingerprint, read_saved, results_dir, study_parser, write_json
 from course_lib.rewards import RewardConfig
 from course_lib.train.grpo import GRPOLoop, GRPOSettings
 from course_lib.train.recipes import grpo_recipe
@@ -162,8 +161,8 @@ class VariantsPlan:
         return self.base.steps * self.base.prompts_per_step * self.base.group_size
 
     def fingerprint(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        """A short hash of the whole plan."""
+        return fingerprint(self)
 
     def budget_note(self) -> str:
         b = self.base
@@ -259,14 +258,10 @@ class VariantsStudy:
         return self.run_dir / f"{arm}-s{seed}.json"
 
     def load(self, arm: str, seed: int) -> VariantRun | None:
-        path = self.path(arm, seed)
-        if self.fresh or not path.is_file():
-            return None
-        run = VariantRun.from_json(json.loads(path.read_text()))
-        if run.plan != self.plan.fingerprint():
-            self.log(f"{arm} seed {seed}: the saved run was made with another plan; running it again")
-            return None
-        return run
+        """A finished run from disk, or None when there is none or it was made under another plan."""
+        fingerprint = self.plan.fingerprint()
+        return read_saved(self.path(arm, seed), VariantRun.from_json, fingerprint, f"{arm} seed {seed}", self.log,
+                          self.fresh)  # fmt: skip
 
     def checkpoint(self, model, tokenizer, step: int, completions: int, seconds: float) -> Checkpoint:
         """Held-out accuracy of ``model`` now, on the plan's test problems, with the shared sampling seed."""
