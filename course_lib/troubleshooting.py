@@ -13,9 +13,9 @@ the failures happen, so that a learner sees each one and its fix measured:
 * **instability** (lesson 13's collapsing run, a learning rate 30x the recipe's) with the two fixes
   other than the learning rate: a KL penalty and tighter gradient clipping (``collapsing_kl``,
   ``collapsing_clipped``);
-* **low reward variance** on problems too hard for the base (lesson 13's stalled run), and two
-  fixes that keep the problems: DAPO's dynamic sampling and larger groups at the same number of
-  completions: ``stalled_dynamic`` and ``stalled_g16``;
+* **low reward variance** on problems too hard for the base (lesson 13's stalled run), and three
+  fixes that keep the problems: DAPO's dynamic sampling, a hotter sampler, and larger groups at the
+  same number of completions: ``stalled_dynamic``, ``stalled_hot`` and ``stalled_g16``;
 * **a NaN**: advantages written straight from the formula, (r - mean) / std with no epsilon, are
   0 / 0 on a group whose rewards all agree; :class:`NoEpsilonLoop` trains with them, and the loop's
   guard stops before the NaN reaches the weights (:class:`UnguardedLoop` shows what it prevents);
@@ -83,6 +83,8 @@ def failure_runs(profile: Profile) -> dict[str, ExampleRun]:
                                          f"the learning rate x {COLLAPSE_LR_FACTOR}, gradients clipped to norm 0.1"),
         "stalled_dynamic": ExampleRun(dataclasses.replace(settings, dynamic_sampling=True), hard,
                                       f"problems of {low}-{high} steps with DAPO's dynamic sampling"),
+        "stalled_hot": ExampleRun(dataclasses.replace(settings, temperature=1.5), hard[:n],
+                                  f"problems of {low}-{high} steps, sampled at temperature 1.5"),
         "stalled_g16": ExampleRun(dataclasses.replace(settings, group_size=16, prompts_per_step=max(1, g)), hard[:n],
                                   f"problems of {low}-{high} steps, groups of 16 (same completions per step)"),
     }  # fmt: skip

@@ -38,7 +38,7 @@ def test_each_failure_run_differs_from_the_recipe_in_what_it_says():
     assert changed("hacking") == changed("hacking_fixed") == {"reward"}
     assert not runs["hacking"].settings.reward.format_needs_correct
     assert runs["hacking_fixed"].settings.reward.format_needs_correct
-    assert changed("stalled_dynamic") == {"dynamic_sampling"}
+    assert changed("stalled_dynamic") == {"dynamic_sampling"} and changed("stalled_hot") == {"temperature"}
     assert changed("collapsing_kl") == {"learning_rate", "beta"}
     assert changed("collapsing_clipped") == {"learning_rate", "max_grad_norm"}
     assert runs["collapsing_clipped"].settings.max_grad_norm < recipe.max_grad_norm
