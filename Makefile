@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install laptop-model dry-run lab test lint test-quick test-browser lesson bench showdown pocket-model pocket-teacher mutation clean
+.PHONY: install laptop-model dry-run lab test lint test-quick test-browser lesson outputs bench showdown pocket-model pocket-teacher mutation clean
 
 $(STAMP): requirements.txt requirements-laptop.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ mutation: install
 # Run one lesson headless, in full mode: make lesson NB=notebooks/01_gsm8k_and_the_pocket_model.ipynb
 lesson: install
 	$(BIN)/jupyter execute --inplace $(NB)
+
+# Every lesson run in full mode and committed with its outputs, images beside the interactive figures.
+outputs: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m course_lib.publish
 
 # Our GRPO loop vs TRL's GRPOTrainer, same settings, completions per second (a benchmark, not a test).
 bench: install

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from course_lib.advantages import group_advantages
@@ -212,8 +213,13 @@ FIND_CELL = """(needle) => {
 
 
 def open_lesson(page, lab: Lab, lesson: str) -> None:
-    """Copy a lesson into the served folder (so the run never writes into the repository) and open it."""
-    shutil.copy(LESSONS / lesson, lab.root / lesson)
+    """Copy a lesson into the served folder (so the run never writes into the repository), without
+    its published outputs (a cell that shows saved outputs would look as if it had run), and open it."""
+    nb = nbformat.read(LESSONS / lesson, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.write(nb, lab.root / lesson)
     page.goto(lab.open_url(lesson))
     page.wait_for_function(NOTEBOOK_READY, arg=lesson, timeout=STARTUP_S * 1000)
 
