@@ -92,21 +92,18 @@ def kl_estimator_table(
 ) -> pd.DataFrame:
     """k1, k2, k3 against the exact KL(pi || pi_ref) on small categorical distributions.
 
-    For each ``shift``, pi_ref's logits are pi's plus ``shift`` x standard normal noise, so
-    the KL grows with the shift. Tokens are sampled from pi (as in training) and each
-    estimator's mean and std over the ``n_samples`` tokens are compared with the exact
-    sum_v pi_v (log pi_v - log ref_v). One row per (shift, estimator).
+    For each ``shift``, pi_ref's logits are pi's plus ``shift`` x one fixed standard normal noise
+    vector, so the KL grows with the shift, and the same tokens sampled from pi (as in training)
+    serve every shift (:func:`kl_estimator_samples`: the explorer of the same name shows the same
+    numbers). Each estimator's mean and std over the ``n_samples`` tokens are compared with the
+    exact sum_v pi_v (log pi_v - log ref_v). One row per (shift, estimator).
     """
-    gen = torch.Generator().manual_seed(seed)
-    logits = torch.randn(vocab, generator=gen)
-    logp = torch.log_softmax(logits, dim=0)
     rows = []
     for shift in shifts:
-        ref = torch.log_softmax(logits + shift * torch.randn(vocab, generator=gen), dim=0)
-        exact = float((logp.exp() * (logp - ref)).sum())
-        tokens = torch.multinomial(logp.exp(), n_samples, replacement=True, generator=gen)
-        for name, estimator in KL_ESTIMATORS.items():
-            values = estimator(logp[tokens], ref[tokens])
+        samples = kl_estimator_samples(shift, vocab, n_samples, seed)
+        exact = samples["exact"]
+        for name in KL_ESTIMATORS:
+            values = samples[name]
             rows.append(
                 {
                     "shift": shift,

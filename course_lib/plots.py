@@ -70,9 +70,9 @@ def accuracy_by_steps(per_problem, steps: list[int], metric: str = "per_sample_a
     fig = go.Figure(go.Bar(x=list(frame.index), y=list(frame.values)))
     fig.update_layout(
         xaxis_title="solution steps",
-        yaxis_title=metric,
+        yaxis_title=metric.replace("_", " "),
         yaxis_range=[0, 1],
-        title=f"{metric} falls with the number of steps",
+        title=f"{metric.replace('_', ' ')} by the number of solution steps",
     )
     return fig
 

@@ -27,6 +27,7 @@ import hashlib
 import html
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -54,6 +55,7 @@ CONTROLS_NOTE = "[an explorer: its controls appear when the notebook runs in Jup
 # (their last state is saved with the notebook, a FigureWidget's is not), two threads, offline.
 PUBLISH_ENVIRONMENT = {"COURSE_FIGURES": "static", "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
 
+GITHUB_ADDRESS = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+")
 FAST_MARKS = ("| fast mode", "(COURSE_FAST): True")  # what the lessons' setup cells print in fast mode
 Renderer = Callable[[dict], bytes]
 
@@ -64,8 +66,12 @@ def lessons() -> list[Path]:
 
 
 def code_hash(nb) -> str:
-    """A hash of the notebook's code cells: outputs made from other code than this do not match."""
+    """A hash of the notebook's code cells: outputs made from other code than this do not match.
+
+    The repository's address is left out (``python -m course_lib.links --set`` rewrites the clone
+    line, which only Colab runs), so moving the course does not call for publishing it again."""
     sources = "\0".join(c.source for c in nb.cells if c.cell_type == "code")
+    sources = GITHUB_ADDRESS.sub("<repository>", sources)
     return hashlib.sha256(sources.encode()).hexdigest()[:16]
 
 

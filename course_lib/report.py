@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import markdown_it
+import numpy as np
 import pandas as pd
 
 from course_lib import plots
@@ -275,6 +276,26 @@ def between_arms(report: StudyReport, metric: str = "per_sample_accuracy") -> pd
             for col, c in report.arms.items()
         }
     )
+
+
+def interval_widths(report: StudyReport) -> pd.DataFrame:
+    """How much pairing narrows each change's interval, in points: a row per trained arm, columns
+    ``(metric, "unpaired")`` and ``(metric, "paired")``. *Unpaired* is the width the change's
+    interval would have if the arm's and the base's estimates were independent (their own widths
+    added in quadrature); *paired* is the width of the paired interval the course reports. Pairing
+    helps as much as the two arms' per-problem scores go together: near a ceiling there is little
+    shared spread to remove."""
+    base = report.arms["base"].metrics
+    rows = {}
+    for arm in report.changes:
+        row = {}
+        for metric, m in report.arms[arm].metrics.items():
+            own, base_own = m.ci_high - m.ci_low, base[metric].ci_high - base[metric].ci_low
+            change = report.changes[arm][metric]
+            row[(metric, "unpaired")] = round(100 * float(np.hypot(own, base_own)), 1)  # independent: add variances
+            row[(metric, "paired")] = round(change.ci_high - change.ci_low, 1)  # one bootstrap of d_i
+        rows[report.arms[arm].label] = row
+    return pd.DataFrame(rows).T
 
 
 def changes_table(report: StudyReport) -> pd.DataFrame:

@@ -83,3 +83,12 @@ def test_kl_estimator_table_k3_unbiased_and_non_negative_k2_biased():
     assert abs(far.loc["k3", "bias"]) < 0.1 * far.loc["k3", "exact_kl"]
     assert far.loc["k2", "bias"] > 0.2 * far.loc["k2", "exact_kl"]
     assert far.loc["k1", "share_negative"] > 0 and far.loc["k3", "share_negative"] == 0
+
+
+def test_the_kl_table_and_the_kl_explorer_agree_at_the_same_shift():
+    from course_lib.analysis import kl_estimator_samples, kl_estimator_table
+
+    row = kl_estimator_table(shifts=(0.5,)).set_index("estimator")
+    samples = kl_estimator_samples(0.5)
+    assert row["exact_kl"].iloc[0] == samples["exact"]
+    assert [row.loc[k, "mean"] for k in ("k1", "k2", "k3")] == [float(samples[k].mean()) for k in ("k1", "k2", "k3")]

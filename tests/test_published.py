@@ -155,6 +155,16 @@ def test_each_fault_in_committed_outputs_is_named(tmp_path, plant, says):
     assert len(found) == 1 and says in found[0], found
 
 
+def test_moving_the_repository_does_not_call_for_publishing_again():
+    nb = nbformat.read(LESSONS[3], as_version=4)
+    setup = next(c for c in nb.cells if c.cell_type == "code" and "git" in c.source and "clone" in c.source)
+    before = publish.code_hash(nb)
+    setup.source = publish.GITHUB_ADDRESS.sub("https://github.com/someone-else/a-fork", setup.source)
+    assert publish.code_hash(nb) == before
+    setup.source += "\nprint(1)"
+    assert publish.code_hash(nb) != before
+
+
 def test_the_kernel_runs_in_full_mode_with_static_figures_and_the_environment_comes_back(monkeypatch):
     monkeypatch.setenv("COURSE_FAST", "1")
     monkeypatch.setenv("COURSE_FIGURES", "widget")

@@ -298,3 +298,17 @@ def test_an_arm_whose_filter_keeps_nothing_is_the_base_untrained(fast_run, tmp_p
         assert record["budget"]["sequences_trained_on"] == 0 and record["budget"]["optimizer_steps"] == 0
         assert record["budget"]["completions_generated"] == plan.completions_per_arm
     assert all(c.points == 0 for c in report.changes["sft_rs"].values())
+
+
+def test_interval_widths_set_the_paired_width_beside_the_width_without_pairing(fast_run):
+    from course_lib.report import interval_widths
+
+    report = load_report(fast_run / "showdown-fast.json")
+    widths = interval_widths(report)
+    base, grpo = report.arms["base"].metrics, report.arms["grpo"].metrics
+    for metric, m in grpo.items():
+        own, base_own = m.ci_high - m.ci_low, base[metric].ci_high - base[metric].ci_low
+        assert widths.loc["GRPO", (metric, "unpaired")] == pytest.approx(100 * (own**2 + base_own**2) ** 0.5, abs=0.06)
+        change = report.changes["grpo"][metric]
+        assert widths.loc["GRPO", (metric, "paired")] == pytest.approx(change.ci_high - change.ci_low, abs=0.06)
+    assert list(widths.index) == [report.arms[a].label for a in report.changes]
