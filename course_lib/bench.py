@@ -222,17 +222,22 @@ def _decoder_ms(model, ids, mask, token, group_size: int, steps: int, fuse: bool
     return 1000 * (time.perf_counter() - start) / steps
 
 
-@torch.inference_mode()
-def matmul_floor_ms(model, batch_size: int, repeats: int = 50) -> float:
-    """The arithmetic floor of one decoding step: milliseconds for the matrix products with the
-    model's own weight shapes alone (per layer q, k, v, o, gate, up, down, then the LM head), one
-    row per sequence, as separate products (the best of ``repeats`` rounds)."""
+def _weights(model) -> list[torch.Tensor]:
+    """The weight matrices every token goes through: per layer q, k, v, o, gate, up, down, then the LM head."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     weights = []
     for layer in base.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         weights += [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-    weights = [m.weight for m in weights] + [base.get_output_embeddings().weight]
+    return [m.weight for m in weights] + [base.get_output_embeddings().weight]
+
+
+@torch.inference_mode()
+def matmul_floor_ms(model, batch_size: int, repeats: int = 50) -> float:
+    """The arithmetic floor of one decoding step: milliseconds for the matrix products with the
+    model's own weight shapes alone (per layer q, k, v, o, gate, up, down, then the LM head), one
+    row per sequence, as separate products (the best of ``repeats`` rounds)."""
+    weights = _weights(model)
     inputs = [torch.randn(batch_size, w.shape[1], dtype=w.dtype) for w in weights]  # (B, in) each
     best = float("inf")
     for _ in range(repeats):
@@ -240,6 +245,27 @@ def matmul_floor_ms(model, batch_size: int, repeats: int = 50) -> float:
         for x, w in zip(inputs, weights):
             torch.mm(x, w.T)  # (B, out)
         best = min(best, time.perf_counter() - start)
+    return 1000 * best
+
+
+@torch.inference_mode()
+def update_floor_ms(model, tokens: int, repeats: int = 3) -> float:
+    """The arithmetic floor of one training update on ``tokens`` tokens: milliseconds for the
+    matrix products of the forward pass and of the backward pass (for each weight, the input's
+    gradient dY W and the weight's gradient dY^T X) with the model's own weight shapes, one row
+    per token, as separate products (the best of ``repeats`` rounds). Attention, norms, the loss
+    and the optimizer are left out, as in :func:`matmul_floor_ms`."""
+    best = float("inf")
+    for _ in range(repeats):
+        elapsed = 0.0
+        for w in _weights(model):  # one weight at a time: the activations of 10k tokens stay small
+            x, grad_y = torch.randn(tokens, w.shape[1], dtype=w.dtype), torch.randn(tokens, w.shape[0], dtype=w.dtype)
+            start = time.perf_counter()
+            torch.mm(x, w.T)  # forward: (N, out)
+            torch.mm(grad_y, w)  # the input's gradient: (N, in)
+            torch.mm(grad_y.T, x)  # the weight's gradient: (out, in)
+            elapsed += time.perf_counter() - start
+        best = min(best, elapsed)
     return 1000 * best
 
 
@@ -271,9 +297,13 @@ def bench_grpo(
 
     model, tokenizer = load_model(profile)
     loop = GRPOLoop(model, tokenizer, problems, settings, system_prompt=profile.system_prompt)
+    updates = time_updates(loop)
     start = time.perf_counter()
     loop.train(progress=False)
     ours_s = time.perf_counter() - start
+    update_ms = 1000 * sum(u["seconds"] for u in updates) / len(updates)
+    tokens = round(sum(u["tokens"] for u in updates) / len(updates))
+    floor_ms = update_floor_ms(model, tokens)
 
     trl_s, trl_length = _train_trl(profile, problems, settings, course_sampler=False)
     fast_s, fast_length = _train_trl(profile, problems, settings, course_sampler=True)
@@ -292,9 +322,29 @@ def bench_grpo(
         "ratio_ours_over_trl": ours / trl,
         "ratio_trl_course_sampler_over_trl": fast / trl,
         "ours_mean_length": float(loop.metrics()["completion_length"].mean()),
+        "update_ms": update_ms,
+        "update_tokens": tokens,
+        "update_floor_ms": floor_ms,
+        "update_ratio_to_floor": update_ms / floor_ms,
         "trl_mean_length": trl_length,
         "trl_course_sampler_mean_length": fast_length,
     }
+
+
+def time_updates(loop: GRPOLoop) -> list[dict]:
+    """Time each call of the loop's update stage (forward, backward and optimizer step on the sampled
+    batch) and count the real tokens it trained on: a list that fills as the loop runs."""
+    calls, update = [], loop._update
+
+    def timed(inputs, *args):
+        start = time.perf_counter()
+        out = update(inputs, *args)
+        tokens = int(inputs["prompt_mask"].sum() + inputs["completion_mask"].sum())
+        calls.append({"seconds": time.perf_counter() - start, "tokens": tokens})
+        return out
+
+    loop._update = timed
+    return calls
 
 
 def _train_trl(profile, problems: list[dict], settings: GRPOSettings, course_sampler: bool) -> tuple[float, float]:
@@ -405,6 +455,11 @@ def _print_grpo(args: argparse.Namespace) -> dict:
     print(
         f"  ratio (ours / TRL): {result['ratio_ours_over_trl']:.2f}  (mean completion length "
         f"{result['ours_mean_length']:.0f} vs {result['trl_mean_length']:.0f} tokens)"
+    )
+    print(
+        f"  our update (forward, backward, optimizer) {result['update_ms']:.0f} ms a step on "
+        f"{result['update_tokens']:,} tokens; floor (its weight products alone) {result['update_floor_ms']:.0f} ms; "
+        f"ratio {result['update_ratio_to_floor']:.1f}x"
     )
     return result
 

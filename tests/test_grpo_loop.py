@@ -8,7 +8,7 @@ import torch
 
 from course_lib.config import get_profile
 from course_lib.data import train_problems
-from course_lib.losses import samples_logprobs
+from course_lib.losses import samples_inputs, samples_logprobs
 from course_lib.models import load_pocket_model
 from course_lib.plots import LiveCurves
 from course_lib.train.grpo import GRPOLoop, GRPOSettings
@@ -289,3 +289,16 @@ def test_resume_is_exact_with_lora_dropout_and_micro_batches(problems, tmp_path)
     assert without_timing(resumed.history) == without_timing(straight.history)
     for a, b in zip(resumed.policy.parameters(), straight.policy.parameters()):
         assert torch.equal(a, b)
+
+
+def test_the_benchmarks_update_timer_counts_each_update_and_changes_nothing(problems):
+    from course_lib.bench import time_updates
+
+    plain, timed = fresh_loop(problems, steps=2), fresh_loop(problems, steps=2)
+    calls = time_updates(timed)
+    plain.train(progress=False)
+    timed.train(progress=False)
+    assert without_timing(timed.history) == without_timing(plain.history)
+    assert len(calls) == 2 and all(c["seconds"] > 0 for c in calls)
+    inputs = samples_inputs(timed.tokenizer, timed.last_batch[0])  # every row is kept without a filter
+    assert calls[-1]["tokens"] == int(inputs["prompt_mask"].sum() + inputs["completion_mask"].sum())
