@@ -137,10 +137,10 @@ def widget_outputs(model_id: str, models: dict, render: Renderer) -> list[dict]:
     name, state = model["model_name"], model["state"]
     if name == "OutputModel":
         return static_outputs(state.get("outputs", []), models, render)
-    line = _progress_line(model_id, models) if "children" in state else None
-    if line is not None:
-        return [nbformat.v4.new_output("stream", name="stdout", text=line + "\n")]
-    if "children" in state:
+    if "children" in state:  # a box: a progress bar's last line, else what its children showed
+        line = _progress_line(model_id, models)
+        if line is not None:
+            return [nbformat.v4.new_output("stream", name="stdout", text=line + "\n")]
         return [o for child in _children(model) for o in widget_outputs(child, models, render)]
     if name == "HTMLModel" and state.get("value"):
         return [nbformat.v4.new_output("display_data", data={"text/html": state["value"], "text/plain": ""})]

@@ -55,15 +55,8 @@ def executed():
     """The tiny lesson above, run by a kernel with its widget state kept, as the publisher runs it."""
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(source) for source in TINY_LESSON]
-    env = {"COURSE_FIGURES": os.environ.get("COURSE_FIGURES")}
-    os.environ["COURSE_FIGURES"] = "static"
-    try:
+    with publish.publishing_environment():  # static figures, as for a lesson
         NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True).execute()
-    finally:
-        if env["COURSE_FIGURES"] is None:
-            os.environ.pop("COURSE_FIGURES")
-        else:
-            os.environ["COURSE_FIGURES"] = env["COURSE_FIGURES"]
     return nb
 
 
