@@ -33,7 +33,7 @@ from course_lib.decoding import Decoder
 from course_lib.models import load_model
 from course_lib.prompts import format_prompt
 from course_lib.sampling import BufferLayer, DrawSettings, draw, sample
-from course_lib.streams import row_keys, uniforms
+from course_lib.streams import row_keys, uniform_table
 from course_lib.train.grpo import GRPOLoop, GRPOSettings
 from course_lib.train.grpo_trl import grpo_trainer
 
@@ -213,12 +213,13 @@ def _decoder_ms(model, ids, mask, token, group_size: int, steps: int, fuse: bool
     model(input_ids=ids, attention_mask=mask, past_key_values=prefix, use_cache=True, logits_to_keep=1)
     keys = [layer.keys for layer in prefix.layers]
     decoder = Decoder(model, keys, [layer.values for layer in prefix.layers], mask, group_size, steps, fuse=fuse)
-    streams, rule = row_keys(0, [str(i) for i in range(len(ids))], group_size), DrawSettings()
+    rule = DrawSettings()
     positions = mask.sum(dim=1).repeat_interleave(group_size)  # (B,)
     start = time.perf_counter()
+    table = uniform_table(row_keys(0, [str(i) for i in range(len(ids))], group_size), steps)  # (B, steps), as decode
     for step in range(steps):
         logits = decoder.step(token, positions + step).float()
-        token, _ = draw(logits, rule, uniforms(streams, step), step)  # the draw is part of a step
+        token, _ = draw(logits, rule, table[:, step], step)  # the draw is part of a step
     return 1000 * (time.perf_counter() - start) / steps
 
 

@@ -19,6 +19,11 @@ CPU, where a step of a small model is made of many small products, each layer's 
 as one product and gate and up as another (:func:`fused_layer`), from the weights the layers
 apply at that moment (a LoRA adapter's delta merged in, or left out while adapters are switched
 off); otherwise, and for layers that are not plain linear maps, it calls the model's own modules.
+A step is a few dozen operations, each paid for in dispatch, so the small ones are folded
+together where the arithmetic allows: RMSNorm as one fused call (:func:`rms_norm`); rotary
+positions as one complex product for q and k of every head, their dimensions kept in pair order
+(:func:`pair_order`, :func:`rotation_table`), with q's 1/sqrt(D) in the same factor; each residual
+added inside the product before it (``addmm``).
 It is used for the architectures whose layers have exactly that shape (:data:`ARCHITECTURES`);
 any other causal LM is decoded by its own ``forward`` (see :mod:`course_lib.sampling`).
 """
@@ -28,7 +33,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 #: ``config.model_type`` of the models whose decoder layers this step reproduces (Llama's layout;
 #: Qwen2 adds biases to q, k, v, which live inside the projections).
@@ -51,7 +55,7 @@ def supports(model) -> bool:
 class FusedLayer:
     """One decoder layer's weights as the fused step uses them: (weight, bias) pairs."""
 
-    qkv: tuple  # q, k and v stacked: (H * D + 2 * H_kv * D, d)
+    qkv: tuple  # q, k and v stacked, q's and k's head dimensions in pair order: (H * D + 2 * H_kv * D, d)
     qkv_sizes: tuple[int, int, int]  # where to split the product
     o: tuple
     gate_up: tuple  # gate and up stacked: (2 * I, d)
@@ -79,15 +83,24 @@ def effective_linear(module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     return weight, base.bias
 
 
+def _pair_rows(out_features: int, head_dim: int) -> torch.Tensor:
+    """The rows of a q or k projection (heads x D outputs) with each head's dimensions in pair order."""
+    heads = torch.arange(out_features // head_dim)[:, None] * head_dim  # (heads, 1)
+    return (heads + pair_order(head_dim)[None, :]).flatten()  # (heads * D,)
+
+
 def fused_layer(layer) -> FusedLayer | None:
-    """A decoder layer's q/k/v and gate/up stacked into one weight each (with o and down), or None
-    where a projection is not a plain linear map."""
+    """A decoder layer's q/k/v and gate/up stacked into one weight each (with o and down), q's and
+    k's rows put in pair order (:func:`pair_order`), or None where a projection is not a plain linear map."""
     attn, mlp = layer.self_attn, layer.mlp
     parts = [effective_linear(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)]
     parts += [effective_linear(getattr(mlp, name, None)) for name in ("gate_proj", "up_proj", "down_proj")]
     if any(p is None for p in parts) or not hasattr(mlp, "act_fn"):
         return None
     (q, qb), (k, kb), (v, vb), o, (gate, gb), (up, ub), down = parts
+    q_rows, k_rows = _pair_rows(q.shape[0], attn.head_dim), _pair_rows(k.shape[0], attn.head_dim)
+    q, k = q[q_rows], k[k_rows]  # each head's dimensions in pair order (:func:`pair_order`)
+    qb, kb = (qb, kb) if qb is None else (qb[q_rows], kb[k_rows])
     qkv_bias = None if qb is None else torch.cat([qb, kb, vb])
     gate_up_bias = None if gb is None else torch.cat([gb, ub])
     return FusedLayer(
@@ -101,6 +114,11 @@ def fused_layer(layer) -> FusedLayer | None:
 
 class Decoder:
     """The decoding state of one batch: P prompts, ``group_size`` completions each.
+
+    Within the step each row's q and k keep their head dimensions in pair order (:func:`pair_order`),
+    so the rotary embedding is one complex product for q and k of every head at once, with q's
+    1/sqrt(D) folded into the same factor; the prompt's keys are put in that order once, here. A
+    dot product q . k does not change when both reorder their dimensions the same way.
 
     Args:
         model: a causal LM that :func:`supports` accepts (PEFT-wrapped or not).
@@ -126,18 +144,31 @@ class Decoder:
     ):
         base = base_model(model)
         self.core, self.lm_head = base.model, base.get_output_embeddings()
-        self.prompt_keys_t = [k.transpose(-1, -2).contiguous() for k in prompt_keys]  # (P, H_kv, D, L), once
-        self.prompt_values = prompt_values
-        self.prompt_pad = prompt_mask == 0  # (P, L) True where the prompt is padding
+        prompts, self.kv_heads, prompt_len, self.head_dim = prompt_keys[0].shape
+        self.heads = base.config.num_attention_heads
+        device = prompt_mask.device
+        self.order = pair_order(self.head_dim).to(device)  # (D,)
+        self.prompt_keys_t = [k[..., self.order].transpose(-1, -2).contiguous() for k in prompt_keys]  # (P, H_kv, D, L)
+        self.prompt_values = prompt_values  # per layer (P, H_kv, L, D)
+        self.prompt_pad = (prompt_mask == 0)[:, None, None, :]  # (P, 1, 1, L) True where the prompt is padding
+        self.padded = bool(self.prompt_pad.any())
         self.group_size = group_size
-        prompts, kv_heads, _, head_dim = prompt_keys[0].shape
         rows = prompts * group_size
-        self.slots = torch.arange(rows, device=prompt_mask.device)  # (B,) each row's place in the P x G grid
-        shape = (rows, kv_heads, max_new_tokens, head_dim)
+        self.slots = torch.arange(rows, device=device)  # (B,) each row's place in the P x G grid
+        self.slot_prompt, self.slot_copy = self.slots // group_size, self.slots % group_size
+        shape = (rows, self.kv_heads, max_new_tokens, self.head_dim)
         self.own_keys = [k.new_empty(shape) for k in prompt_keys]  # per layer (B, H_kv, T, D), filled as it goes
         self.own_values = [v.new_empty(shape) for v in prompt_values]
         self.length = 0  # tokens generated so far (the same for every row)
-        fuse = prompt_mask.device.type == "cpu" if fuse is None else fuse
+        self.rotation = rotation_table(self.core.rotary_emb, prompt_len + max_new_tokens, self.head_dim, device)
+        scalings = {layer.self_attn.scaling for layer in self.core.layers}
+        if len(scalings) != 1:
+            raise ValueError(
+                f"layers scale attention differently ({sorted(scalings)}): decode with the model's forward"
+            )
+        heads = [scalings.pop()] * self.heads + [1.0] * self.kv_heads  # q scaled by 1/sqrt(D), k as it is
+        self.head_scale = torch.tensor(heads, device=device)[None, :, None]  # (1, H + H_kv, 1)
+        fuse = device.type == "cpu" if fuse is None else fuse
         self.fused = [fused_layer(layer) for layer in self.core.layers] if fuse else [None] * len(self.core.layers)
 
     def keep(self, rows: torch.Tensor) -> None:
@@ -153,6 +184,7 @@ class Decoder:
             self.prompt_keys_t = [k[prompts] for k in self.prompt_keys_t]
             self.prompt_values = [v[prompts] for v in self.prompt_values]
             self.prompt_pad = self.prompt_pad[prompts]
+        self.slot_prompt, self.slot_copy = self.slots // self.group_size, self.slots % self.group_size
 
     def _rows_of(self, buffer: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """A new buffer with the filled part of ``buffer``'s rows ``rows`` (the rest is never read)."""
@@ -169,86 +201,132 @@ class Decoder:
         Returns:
             (B, V) logits.
         """
-        hidden = self.core.embed_tokens(tokens[:, None])  # (B, 1, d)
-        cos, sin = self.core.rotary_emb(hidden, positions[:, None])  # (B, 1, D) each
+        hidden = self.core.embed_tokens(tokens)  # (B, d)
+        turn = self.rotation[positions][:, None, :] * self.head_scale  # (B, H + H_kv, D/2): every layer's rotation
         for i, layer in enumerate(self.core.layers):
-            hidden = hidden + self._attention(i, layer.self_attn, layer.input_layernorm(hidden), cos, sin)
-            hidden = hidden + self._mlp(i, layer.mlp, layer.post_attention_layernorm(hidden))
+            qk, v = self._qkv(i, layer.self_attn, rms_norm(layer.input_layernorm, hidden), turn)
+            out = self._attention(i, qk, v)  # (B, H * D)
+            hidden = self._project(out, layer.self_attn.o_proj, self.fused[i] and self.fused[i].o, hidden)
+            hidden = self._mlp(i, layer.mlp, rms_norm(layer.post_attention_layernorm, hidden), hidden)
         self.length += 1
-        return self.lm_head(self.core.norm(hidden))[:, -1]  # (B, V)
+        return self.lm_head(rms_norm(self.core.norm, hidden))  # (B, V)
 
-    def _attention(self, i: int, attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Layer ``i``'s self-attention for one new token per row: (B, 1, d) -> (B, 1, d)."""
-        rows, head_dim, fused = x.shape[0], attn.head_dim, self.fused[i]
-        if fused is not None:  # one product for q, k and v
-            q, k, v = torch.nn.functional.linear(x, *fused.qkv).split(fused.qkv_sizes, dim=-1)
+    def _qkv(self, i: int, attn, x: torch.Tensor, turn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``i``'s q and k, rotated to their positions (q also scaled), in pair order, and v:
+        (B, d) -> (B, H + H_kv, D), (B, H_kv, D)."""
+        rows, head_dim, fused = x.shape[0], self.head_dim, self.fused[i]
+        if fused is not None:  # one product for q, k and v; q's and k's rows are already in pair order
+            qkv = torch.nn.functional.linear(x, *fused.qkv)  # (B, (H + 2 H_kv) * D)
+            qk, v = qkv[:, : (self.heads + self.kv_heads) * head_dim], qkv[:, (self.heads + self.kv_heads) * head_dim :]
         else:
             q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-        q = q.view(rows, 1, -1, head_dim).transpose(1, 2)  # (B, H, 1, D)
-        k = k.view(rows, 1, -1, head_dim).transpose(1, 2)  # (B, H_kv, 1, D)
-        v = v.view(rows, 1, -1, head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        self.own_keys[i][:, :, self.length] = k[:, :, 0]  # this token joins the row's own cache
-        self.own_values[i][:, :, self.length] = v[:, :, 0]
-        out = self._two_part_attention(i, q[:, :, 0], attn.scaling).reshape(rows, 1, -1)  # (B, 1, H * D)
-        return attn.o_proj(out) if fused is None else torch.nn.functional.linear(out, *fused.o)
+            qk = torch.cat([q, k], dim=-1).view(rows, -1, head_dim)[..., self.order]  # (B, H + H_kv, D) pair order
+        pairs = torch.view_as_complex(qk.float().reshape(rows, -1, head_dim // 2, 2))  # (B, H + H_kv, D/2)
+        qk = torch.view_as_real(pairs * turn).view(rows, -1, head_dim).to(x.dtype)  # each pair turned, q scaled
+        return qk, v.view(rows, -1, head_dim)
 
-    def _mlp(self, i: int, mlp, x: torch.Tensor) -> torch.Tensor:
-        """Layer ``i``'s gated MLP, down(act(gate(x)) * up(x)): (B, 1, d) -> (B, 1, d)."""
+    def _project(self, x: torch.Tensor, module, weights: tuple | None, residual: torch.Tensor) -> torch.Tensor:
+        """residual + a layer's output projection of ``x`` (the residual added inside the product where it can)."""
+        if weights is None:
+            return residual + module(x)
+        weight, bias = weights
+        if bias is None:
+            return torch.addmm(residual, x, weight.t())  # (B, d)
+        return residual + torch.nn.functional.linear(x, weight, bias)
+
+    def _mlp(self, i: int, mlp, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """residual + layer ``i``'s gated MLP, down(act(gate(x)) * up(x)): (B, d) -> (B, d)."""
         fused = self.fused[i]
         if fused is None:
-            return mlp(x)
-        gate, up = torch.nn.functional.linear(x, *fused.gate_up).chunk(2, dim=-1)  # (B, 1, I) each, one product
-        return torch.nn.functional.linear(mlp.act_fn(gate) * up, *fused.down)
-
-    def _to_grid(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, ...) rows in their places of the P x G grid, zeros where a row has finished: (P * G, ...)."""
-        if self._full():
-            return x  # no row has left: the batch is the grid
-        grid = x.new_zeros(len(self.prompt_pad) * self.group_size, *x.shape[1:])
-        grid[self.slots] = x
-        return grid
-
-    def _from_grid(self, grid: torch.Tensor) -> torch.Tensor:
-        """The rows still running, out of the grid: (P * G, ...) -> (B, ...)."""
-        return grid if self._full() else grid[self.slots]
+            return residual + mlp(x)
+        gate, up = torch.nn.functional.linear(x, *fused.gate_up).chunk(2, dim=-1)  # (B, I) each, one product
+        return self._project(mlp.act_fn(gate) * up, None, fused.down, residual)
 
     def _full(self) -> bool:
         """Whether every slot of the P x G grid still has its row (the slots are then 0 .. P*G - 1)."""
-        return len(self.slots) == len(self.prompt_pad) * self.group_size
+        return len(self.slots) == self.prompt_keys_t[0].shape[0] * self.group_size
 
-    def _two_part_attention(self, i: int, q: torch.Tensor, scaling: float) -> torch.Tensor:
-        """softmax([q K_prompt^T, q K_own^T] * scaling) [V_prompt; V_own] for queries q: (B, H, D) -> (B, H, D)."""
-        prompt_kt, prompt_v = self.prompt_keys_t[i], self.prompt_values[i]  # (P, H_kv, D, L), (P, H_kv, L, D)
+    def _to_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, ...) rows in their places of the P x G grid, zeros where a row has finished: (P, G, ...)."""
+        prompts = self.prompt_keys_t[0].shape[0]
+        if self._full():
+            return x.view(prompts, self.group_size, *x.shape[1:])  # no row has left: the batch is the grid
+        grid = x.new_zeros(prompts, self.group_size, *x.shape[1:])
+        grid[self.slot_prompt, self.slot_copy] = x
+        return grid
+
+    def _from_grid(self, grid: torch.Tensor) -> torch.Tensor:
+        """The rows still running, out of the grid: (P, G, ...) -> the grid itself while it is full, else (B, ...)."""
+        return grid if self._full() else grid[self.slot_prompt, self.slot_copy]
+
+    def _as_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, ...) shaped as :meth:`_from_grid` returns its rows, so the two can be added or joined."""
+        return x.view(-1, self.group_size, *x.shape[1:]) if self._full() else x
+
+    def _attention(self, i: int, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax([q K_prompt^T, q K_own^T]) [V_prompt; V_own], q already scaled, after writing this
+        token's k and v into the row's own cache: (B, H + H_kv, D), (B, H_kv, D) -> (B, H * D)."""
+        rows, kv_heads, head_dim, g = qk.shape[0], self.kv_heads, self.head_dim, self.group_size
+        rep = self.heads // kv_heads  # query heads per key head (grouped-query attention)
+        q = qk[:, : self.heads].reshape(rows, kv_heads, rep, head_dim)  # (B, H_kv, rep, D)
+        self.own_keys[i][:, :, self.length] = qk[:, self.heads :]  # this token joins the row's own cache
+        self.own_values[i][:, :, self.length] = v
         own_k = self.own_keys[i][:, :, : self.length + 1]  # (B, H_kv, t, D)
         own_v = self.own_values[i][:, :, : self.length + 1]
-        prompts, kv_heads, head_dim, prompt_len = prompt_kt.shape
-        rows, heads, _ = q.shape
-        rep, g = heads // kv_heads, self.group_size  # query heads per key head (GQA), completions per prompt
+        prompt_kt, prompt_v = self.prompt_keys_t[i], self.prompt_values[i]  # (P, H_kv, D, L), (P, H_kv, L, D)
+        prompts, prompt_len = prompt_kt.shape[0], prompt_kt.shape[-1]
 
         # Scores against the prompt: the G queries of each prompt in one product with its keys
-        grid = self._to_grid(q)  # (P * G, H, D)
-        grid = grid.view(prompts, g, kv_heads, rep, head_dim).transpose(1, 2).reshape(prompts, kv_heads, g * rep, -1)
-        prompt_scores = grid @ prompt_kt  # (P, H_kv, G * rep, L)
-        prompt_scores = prompt_scores.masked_fill_(self.prompt_pad[:, None, None, :], float("-inf"))
+        grid_q = self._to_grid(q).transpose(1, 2).reshape(prompts, kv_heads, g * rep, head_dim)  # (P, H_kv, G rep, D)
+        prompt_scores = grid_q @ prompt_kt  # (P, H_kv, G * rep, L)
+        if self.padded:
+            prompt_scores.masked_fill_(self.prompt_pad, float("-inf"))  # left padding takes no weight
+        # (P, G, H_kv, rep, L): each row's scores in its place of the grid
         prompt_scores = prompt_scores.view(prompts, kv_heads, g, rep, prompt_len).transpose(1, 2)
-        prompt_scores = self._from_grid(prompt_scores.reshape(prompts * g, heads, prompt_len))  # (B, H, L)
 
         # Scores against the row's own tokens, then one softmax over both blocks
-        own_scores = (q.view(rows, kv_heads, rep, head_dim) @ own_k.transpose(-1, -2)).view(
-            rows, heads, -1
-        )  # (B, H, t)
-        weights = torch.softmax(torch.cat([prompt_scores, own_scores], dim=-1).float() * scaling, dim=-1).to(q.dtype)
-        prompt_w, own_w = weights[..., :prompt_len], weights[..., prompt_len:]  # (B, H, L), (B, H, t)
+        own_scores = q @ own_k.transpose(-1, -2)  # (B, H_kv, rep, t)
+        scores = torch.cat([self._from_grid(prompt_scores), self._as_rows(own_scores)], dim=-1)
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype).view(rows, kv_heads, rep, -1)
 
         # Values: the prompt's through the same grid, the row's own directly
-        grid_w = self._to_grid(prompt_w)  # (P * G, H, L)
-        grid_w = (
-            grid_w.view(prompts, g, kv_heads, rep, prompt_len).transpose(1, 2).reshape(prompts, kv_heads, g * rep, -1)
-        )
-        from_prompt = (
-            (grid_w @ prompt_v).view(prompts, kv_heads, g, rep, head_dim).transpose(1, 2)
-        )  # (P, G, H_kv, rep, D)
-        from_prompt = self._from_grid(from_prompt.reshape(prompts * g, heads, head_dim))  # (B, H, D)
-        from_own = (own_w.view(rows, kv_heads, rep, -1) @ own_v).view(rows, heads, head_dim)  # (B, H, D)
-        return from_prompt + from_own
+        grid_w = self._to_grid(weights[..., :prompt_len]).transpose(1, 2).reshape(prompts, kv_heads, g * rep, -1)
+        # (P, G, H_kv, rep, D): what each row reads from its prompt
+        from_prompt = (grid_w @ prompt_v).view(prompts, kv_heads, g, rep, head_dim).transpose(1, 2)
+        from_own = weights[..., prompt_len:] @ own_v  # (B, H_kv, rep, D)
+        return (self._as_rows(from_own) + self._from_grid(from_prompt)).reshape(rows, -1)  # (B, H * D)
+
+
+#: RMSNorm classes computed as x / sqrt(mean(x^2) + eps) in float32, then times the weight in the input's dtype.
+RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm")
+
+
+def rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` for a Llama-style RMSNorm as one fused call (``torch.nn.functional.rms_norm``)
+    instead of the module's six operations; any other norm through its module."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if type(norm).__name__ not in RMS_NORMS or eps is None:
+        return norm(x)
+    if x.dtype == torch.float32:
+        return torch.nn.functional.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+    return norm.weight * torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
+
+
+def pair_order(head_dim: int) -> torch.Tensor:
+    """The order of a head's dimensions that puts each rotary pair side by side: (D,) indices
+    [0, D/2, 1, D/2 + 1, ...]. Llama's rotary embedding turns dimension j together with j + D/2
+    (``rotate_half``); in this order the pairs are (re, im) of D/2 complex numbers."""
+    half = torch.arange(head_dim // 2)
+    return torch.stack([half, half + head_dim // 2], dim=1).flatten()
+
+
+def rotation_table(rotary_emb, positions: int, head_dim: int, device) -> torch.Tensor:
+    """cos + i sin of every position the batch can reach, from the model's own rotary embedding:
+    (positions, D/2) complex64. Turning pair j of a query or key at position p is then a product
+    with entry (p, j)."""
+    probe = torch.zeros(1, 1, head_dim, device=device)  # float32: the table is computed and kept in full precision
+    cos, sin = rotary_emb(probe, torch.arange(positions, device=device)[None])  # (1, N, D) each
+    half = head_dim // 2
+    if not (torch.equal(cos[..., :half], cos[..., half:]) and torch.equal(sin[..., :half], sin[..., half:])):
+        raise ValueError("the rotary embedding does not turn dimension j with j + D/2: decode with the model's forward")
+    return torch.complex(cos[0, :, :half], sin[0, :, :half])  # (N, D/2)

@@ -62,7 +62,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from course_lib.decoding import Decoder, base_model, supports
 from course_lib.losses import completion_logprobs, encode_prompts
-from course_lib.streams import row_keys, uniforms
+from course_lib.streams import row_keys, uniform_table
 
 COMPACT_WHEN_DONE = 0.25  # drop finished rows once this share of the batch has finished
 PATHS = ("shared-prefix", "forward", "generate")  # what decoding_path can answer
@@ -285,12 +285,13 @@ def decode(
     logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)  # (B, V), B = P * n
     next_position = positions[:, -1].repeat_interleave(n) + 1  # (B,)
 
+    table = uniform_table(keys, max_new_tokens)  # (B, T): row r's uniform at step t, whatever the batch
     rows = torch.arange(len(logits), device=device)  # which output row each batch row is
     done = torch.zeros(len(logits), dtype=torch.bool, device=device)  # (B,) finished rows
     tokens, logps = [], []  # per step: (B_t,) ids and log-probs, with the rows they belong to
     for step in range(max_new_tokens):
         # Stage 2: draw the next token of every row from its own stream; its log-prob from the same logits
-        u = uniforms(keys[rows], step)  # (B,) one uniform per row, whatever the batch
+        u = table[rows, step]  # (B,) each row's own uniform
         token, token_logp = draw(logits, rule, u, step)  # (B,), (B,)
         token = token.masked_fill(done, pad)
         tokens.append((rows, token))

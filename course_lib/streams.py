@@ -49,11 +49,22 @@ def row_keys(seed: int, prompts: list[str], n: int) -> torch.Tensor:
 
 def uniforms(keys: torch.Tensor, step: int) -> torch.Tensor:
     """One uniform number in (0, 1) per key at decoding step ``step``: (B, 2) int64 -> (B,) float64."""
-    counter = torch.full_like(keys[:, 0], step & _MASK32)  # (B,)
-    high = _mix32(keys[:, 0] ^ _mix32(keys[:, 1] ^ _mix32(counter)))  # (B,) 32 random bits
-    low = _mix32(high ^ keys[:, 1] ^ _GOLDEN32)  # (B,) 32 more
-    bits53 = (high << 21) + (low >> 11)  # (B,) the 53 bits a float64 mantissa holds
-    return (bits53.double() + 0.5) / 2.0**53  # (B,) strictly inside (0, 1)
+    return _mix(keys[:, 0], keys[:, 1], torch.full_like(keys[:, 0], step & _MASK32))
+
+
+def uniform_table(keys: torch.Tensor, steps: int) -> torch.Tensor:
+    """Every decoding step's uniforms at once: (B, 2) int64 -> (B, steps) float64, column t equal to
+    ``uniforms(keys, t)`` (one pass over the table instead of some fifty small operations a step)."""
+    counter = torch.arange(steps, device=keys.device)[None, :] & _MASK32  # (1, S)
+    return _mix(keys[:, :1], keys[:, 1:], counter)  # (B, S)
+
+
+def _mix(word0: torch.Tensor, word1: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
+    """The uniform of each (key words, counter), broadcast together: int64 tensors -> float64 in (0, 1)."""
+    high = _mix32(word0 ^ _mix32(word1 ^ _mix32(counter)))  # 32 random bits
+    low = _mix32(high ^ word1 ^ _GOLDEN32)  # 32 more
+    bits53 = (high << 21) + (low >> 11)  # the 53 bits a float64 mantissa holds
+    return (bits53.double() + 0.5) / 2.0**53  # strictly inside (0, 1)
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

@@ -219,6 +219,17 @@ def test_streams_are_uniform_and_independent_across_rows_and_steps():
     assert not torch.equal(uniforms(row_keys(1, ["prompt 0"], 1), 0), uniforms(row_keys(0, ["prompt 0"], 1), 0))
 
 
+def test_the_uniform_table_holds_each_steps_uniforms():
+    """decode draws every step's numbers at once: column t must be what ``uniforms`` gives at step t."""
+    from course_lib.streams import row_keys, uniform_table, uniforms
+
+    keys = row_keys(5, ["a", "b", "c"], 4)  # (12, 2)
+    table = uniform_table(keys, 9)  # (12, 9)
+    assert table.shape == (12, 9)
+    for t in range(9):
+        assert torch.equal(table[:, t], uniforms(keys, t))
+
+
 def test_a_repeated_prompt_gets_its_own_streams():
     from course_lib.streams import row_keys
 
@@ -443,6 +454,40 @@ def test_a_model_patched_by_unsloth_samples_through_generate(pocket, caplog, mon
     for ids, length in zip(drawn.completion_ids, drawn.lengths):
         assert (ids[: length - 1] != tok.eos_token_id).all()
     assert caplog.text.count("patched by Unsloth") == 1  # said once, not at every call
+
+
+def test_rotary_pairs_side_by_side_are_one_complex_product():
+    """The step turns q and k as complex numbers with each head's dimensions in pair order: the same
+    vectors (reordered) as Llama's rotate_half, and the same dot products q . k."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from course_lib.decoding import pair_order, rotation_table
+
+    model = _tiny_causal_lm("llama")
+    head_dim = model.config.hidden_size // model.config.num_attention_heads  # 8
+    order = pair_order(head_dim)
+    assert order.tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    torch.manual_seed(0)
+    q, k, positions = torch.randn(3, 4, 1, head_dim), torch.randn(3, 4, 1, head_dim), torch.tensor([0, 7, 40])
+    cos, sin = model.model.rotary_emb(q, positions[:, None])  # (3, 1, D)
+    q_hf, k_hf = apply_rotary_pos_emb(q, k, cos, sin)  # (3, 4, 1, D)
+    turn = rotation_table(model.model.rotary_emb, 41, head_dim, q.device)[positions][:, None, None]  # (3, 1, 1, D/2)
+    q_ours = torch.view_as_real(torch.view_as_complex(q[..., order].reshape(3, 4, 1, -1, 2)) * turn).flatten(-2)
+    k_ours = torch.view_as_real(torch.view_as_complex(k[..., order].reshape(3, 4, 1, -1, 2)) * turn).flatten(-2)
+    torch.testing.assert_close(q_ours, q_hf[..., order], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close((q_ours * k_ours).sum(-1), (q_hf * k_hf).sum(-1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_rms_norm_equals_the_models_norm(dtype):
+    from course_lib.decoding import rms_norm
+
+    norm = _tiny_causal_lm("qwen2").model.norm.to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, norm.weight.numel()))
+    x = (torch.randn(5, norm.weight.numel()) * 3).to(dtype)
+    torch.testing.assert_close(rms_norm(norm, x), norm(x), atol=0, rtol=0)
+    assert rms_norm(torch.nn.LayerNorm(x.shape[-1]).to(dtype), x).dtype == dtype  # another norm: through its module
 
 
 def test_the_fused_step_equals_the_modules_step_with_lora_merged_or_switched_off(pocket):
