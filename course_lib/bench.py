@@ -30,6 +30,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from course_lib.config import get_profile, setup_torch
 from course_lib.data import eval_problems, train_problems
 from course_lib.decoding import Decoder
+from course_lib.losses import shares_prompts
 from course_lib.models import load_model
 from course_lib.prompts import format_prompt
 from course_lib.sampling import BufferLayer, DrawSettings, draw, sample
@@ -304,7 +305,8 @@ def bench_grpo(
     ours_s = time.perf_counter() - start
     update_ms = 1000 * sum(u["seconds"] for u in updates) / len(updates)
     tokens = round(sum(u["tokens"] for u in updates) / len(updates))
-    floor_ms = update_floor_ms(model, tokens)
+    tokens_run = round(sum(u["tokens_run"] for u in updates) / len(updates))
+    floor_ms = update_floor_ms(model, tokens_run)
 
     trl_s, trl_length = _train_trl(profile, problems, settings, course_sampler=False)
     fast_s, fast_length = _train_trl(profile, problems, settings, course_sampler=True)
@@ -325,6 +327,7 @@ def bench_grpo(
         "ours_mean_length": float(loop.metrics()["completion_length"].mean()),
         "update_ms": update_ms,
         "update_tokens": tokens,
+        "update_tokens_run": tokens_run,
         "update_floor_ms": floor_ms,
         "update_ratio_to_floor": update_ms / floor_ms,
         "trl_mean_length": trl_length,
@@ -334,14 +337,19 @@ def bench_grpo(
 
 def time_updates(loop: GRPOLoop) -> list[dict]:
     """Time each call of the loop's update stage (forward, backward and optimizer step on the sampled
-    batch) and count the real tokens it trained on: a list that fills as the loop runs."""
+    batch) and count its real tokens, row by row (``tokens``) and as run (``tokens_run``: each
+    distinct prompt once where the loop shares them): a list that fills as the loop runs."""
     calls, update = [], loop._update
 
     def timed(inputs, *args):
         start = time.perf_counter()
         out = update(inputs, *args)
-        tokens = int(inputs["prompt_mask"].sum() + inputs["completion_mask"].sum())
-        calls.append({"seconds": time.perf_counter() - start, "tokens": tokens})
+        seconds = time.perf_counter() - start
+        prompt, completion = inputs["prompt_mask"].sum(1), int(inputs["completion_mask"].sum())  # (n,), tokens
+        distinct = torch.unique(torch.cat([inputs["prompt_ids"], inputs["prompt_mask"]], dim=1), dim=0)
+        prompts_once = int(distinct[:, inputs["prompt_ids"].shape[1] :].sum())  # each distinct prompt's tokens once
+        run = completion + (prompts_once if shares_prompts(loop.policy, inputs["prompt_ids"]) else int(prompt.sum()))
+        calls.append({"seconds": seconds, "tokens": int(prompt.sum()) + completion, "tokens_run": run})
         return out
 
     loop._update = timed
@@ -459,7 +467,8 @@ def _print_grpo(args: argparse.Namespace) -> dict:
     )
     print(
         f"  our update (forward, backward, optimizer) {result['update_ms']:.0f} ms a step on "
-        f"{result['update_tokens']:,} tokens; floor (its weight products alone) {result['update_floor_ms']:.0f} ms; "
+        f"{result['update_tokens']:,} tokens ({result['update_tokens_run']:,} run: each distinct prompt once); "
+        f"floor for the tokens run (their weight products alone) {result['update_floor_ms']:.0f} ms; "
         f"ratio {result['update_ratio_to_floor']:.1f}x"
     )
     return result

@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import DynamicCache
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
@@ -72,6 +73,103 @@ def completion_logits(
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     # The logit at position i predicts token i+1: keep the ones that predict the completion.
     return logits[:, prompt_ids.shape[1] - 1 : -1] / temperature
+
+
+@dataclass
+class SharedPrompts:
+    """The distinct prompts of a batch, run once: what every completion of a prompt reads from it.
+
+    A GRPO batch holds G completions of every prompt; row by row the model would run each prompt
+    G times. :func:`run_prompts` runs the U distinct prompts once and keeps, per layer, their keys
+    and values, and the logit of their last position (it predicts each completion's first token).
+    :func:`completion_logits_after` then runs only the completions, each reading its prompt's
+    cache through an index. Attention over a cached prefix is the same sum as over the joined
+    sequence, so the logits agree with :func:`completion_logits` to float rounding.
+
+    With gradients, the kept tensors are leaves: the micro-batches' backward passes stop there and
+    add up their gradients, and :meth:`backward` carries the total through the prompts' forward
+    once, so every weight gets the gradient the row-by-row forward would give it.
+    """
+
+    index: torch.Tensor  # (N,) the row's prompt among the U distinct ones
+    keys: list[torch.Tensor]  # per layer (U, H_kv, P, D)
+    values: list[torch.Tensor]
+    first: torch.Tensor  # (U, 1, V) the logit at each prompt's last position
+    prompt_mask: torch.Tensor  # (N, P) the rows' prompt masks (the width the cache was built with)
+    outputs: tuple = ()  # the tensors the leaves were detached from (with gradients only)
+
+    def backward(self) -> None:
+        """Carry the gradients the completions left on the prompts' cache through the prompts' forward."""
+        leaves = [*self.keys, *self.values, self.first]
+        pairs = [(out, leaf.grad) for out, leaf in zip(self.outputs, leaves) if leaf.grad is not None]
+        if pairs:
+            torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
+
+
+def shares_prompts(model, prompt_ids: torch.Tensor) -> bool:
+    """Whether running each distinct prompt once pays and works: rows repeat a prompt, and the model
+    keeps a cache while training (gradient checkpointing drops it)."""
+    repeated = len(torch.unique(prompt_ids, dim=0)) < len(prompt_ids)
+    return repeated and not getattr(model, "is_gradient_checkpointing", False)
+
+
+def run_prompts(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> SharedPrompts:
+    """Run the distinct prompts of (N, P) left-padded rows once (with gradients where enabled)."""
+    rows = torch.cat([prompt_ids, prompt_mask], dim=1)  # (N, 2P): a prompt is its ids and its padding
+    unique, index = torch.unique(rows, dim=0, return_inverse=True)  # (U, 2P), (N,)
+    unique_ids, unique_mask = unique.split(prompt_ids.shape[1], dim=1)  # (U, P) each
+    positions = (unique_mask.cumsum(dim=1) - 1).clamp(min=0)  # (U, P): left padding does not shift positions
+    out = model(
+        input_ids=unique_ids, attention_mask=unique_mask, position_ids=positions, use_cache=True, logits_to_keep=1
+    )
+    layers = out.past_key_values.layers
+    keys, values, first = [layer.keys for layer in layers], [layer.values for layer in layers], out.logits
+    if not torch.is_grad_enabled():
+        return SharedPrompts(index, keys, values, first, prompt_mask)
+    outputs = (*keys, *values, first)
+    leaves = [t.detach().requires_grad_() for t in outputs]  # where the completions' backward passes stop
+    n = len(keys)
+    return SharedPrompts(index, leaves[:n], leaves[n : 2 * n], leaves[-1], prompt_mask, outputs)
+
+
+def completion_logits_after(
+    model,
+    prompts: SharedPrompts,
+    rows: torch.Tensor | slice,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """The logits that predict each completion token of the batch rows ``rows``, their prompts read
+    from ``prompts``: (m, T) completions -> (m, T, V), as :func:`completion_logits` gives.
+
+        logits of row i = [last prompt logit of prompt(i)] ++ model(completion_i[:-1] | cache of prompt(i))
+    """
+    select = torch.nn.functional.one_hot(prompts.index[rows], len(prompts.first)).to(prompts.first.dtype)  # (m, U)
+    first = _pick(select, prompts.first)  # (m, 1, V)
+    if completion_ids.shape[1] == 1:
+        return first / temperature
+    cache = DynamicCache()
+    for layer, (k, v) in enumerate(zip(prompts.keys, prompts.values)):
+        cache.update(_pick(select, k), _pick(select, v), layer)  # (m, H_kv, P, D): each row its prompt's
+    attention_mask = torch.cat([prompts.prompt_mask[rows], completion_mask[:, :-1]], dim=1)  # (m, P + T - 1)
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)[:, prompts.prompt_mask.shape[1] :]  # (m, T - 1)
+    rest = model(
+        input_ids=completion_ids[:, :-1],
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+    ).logits  # (m, T - 1, V): completion token t predicts token t + 1
+    return torch.cat([first, rest], dim=1) / temperature  # (m, T, V)
+
+
+def _pick(select: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Row i of the result is x[j] where select[i, j] = 1: (m, U) one-hot, (U, ...) -> (m, ...). A
+    product with a one-hot matrix rather than an index, because its backward sums each prompt's
+    gradients in a fixed order (an index's backward adds them up in whatever order the CPU
+    threads finish, so two runs would differ in the last bits)."""
+    return (select @ x.flatten(1)).view(len(select), *x.shape[1:])
 
 
 def completion_logprobs(

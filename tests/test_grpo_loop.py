@@ -302,3 +302,31 @@ def test_the_benchmarks_update_timer_counts_each_update_and_changes_nothing(prob
     assert len(calls) == 2 and all(c["seconds"] > 0 for c in calls)
     inputs = samples_inputs(timed.tokenizer, timed.last_batch[0])  # every row is kept without a filter
     assert calls[-1]["tokens"] == int(inputs["prompt_mask"].sum() + inputs["completion_mask"].sum())
+    group = timed.settings.group_size  # each prompt's G rows share it: its tokens count once
+    prompts_once = int(inputs["prompt_mask"][::group].sum())
+    assert calls[-1]["tokens_run"] == prompts_once + int(inputs["completion_mask"].sum())
+
+
+def test_an_update_with_each_prompt_run_once_equals_running_every_row_whole(problems, monkeypatch):
+    """The loop runs each distinct prompt once per update (and for pi_old, pi_ref): the same step as
+    running every row's prompt and completion together, to float rounding."""
+    import course_lib.train.grpo as grpo
+
+    settings = dict(num_iterations=2, beta=0.04, micro_batch_size=5)  # micro-batches split the groups
+    shared = fresh_loop(problems, **settings)
+    start = [p.detach().clone() for p in shared.policy.parameters()]
+    shared.train(steps=1, progress=False)
+    monkeypatch.setattr(grpo, "shares_prompts", lambda model, prompt_ids: False)
+    whole = fresh_loop(problems, **settings)
+    whole.train(steps=1, progress=False)
+    a, b = without_timing(shared.history)[0], without_timing(whole.history)[0]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    moved = [
+        (p.detach() - p0, q.detach() - p0)
+        for p, q, p0 in zip(shared.policy.parameters(), whole.policy.parameters(), start)
+    ]
+    assert all(float(d.norm()) > 0 for _, d in moved)  # the step did change every weight
+    for ours, theirs in moved:  # and both changed them alike (Adam magnifies rounding where a gradient is ~0)
+        assert float((ours - theirs).norm() / theirs.norm()) < 1e-3

@@ -226,3 +226,59 @@ def test_gspos_sequence_ratio_is_the_geometric_mean_of_the_token_ratios():
     mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])
     expected = torch.tensor([(2.0 * 0.5 * 1.0) ** (1 / 3), (3.0 * 1.0) ** (1 / 2)])
     torch.testing.assert_close(sequence_ratio(logps, old, mask), expected)
+
+
+# --------------------------------------------------------------------------- each distinct prompt run once
+
+
+def _grpo_batch(pocket, prompts: int = 4, n: int = 4):
+    from course_lib.data import pocket_math
+    from course_lib.losses import samples_inputs
+    from course_lib.prompts import format_prompt
+    from course_lib.sampling import sample
+
+    model, tok = pocket
+    texts = [format_prompt(tok, p["question"]) for p in pocket_math.pocket_test_set(prompts)]
+    return model, samples_inputs(tok, sample(model, tok, texts, n=n, max_new_tokens=80, seed=0), "cpu")
+
+
+def test_shared_prompts_give_the_row_by_row_log_probs_and_gradients(pocket):
+    """Each distinct prompt run once, its cache read by micro-batches in any order, then one backward
+    through the prompts: the log-probs and every weight's gradient of running each row whole."""
+    from course_lib.losses import completion_logits, completion_logits_after, run_prompts, shares_prompts
+
+    model, inputs = _grpo_batch(pocket)
+    ids, mask = inputs["completion_ids"], inputs["completion_mask"]
+    model.train()
+    assert shares_prompts(model, inputs["prompt_ids"])
+    whole = token_logprobs(completion_logits(model, **inputs), ids)  # (16, T)
+    (whole * mask).sum().backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+
+    def shared_run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        prompts = run_prompts(model, inputs["prompt_ids"], inputs["prompt_mask"])
+        logps = torch.zeros_like(whole)
+        for rows in (torch.tensor([9, 0, 5, 14, 3, 7]), torch.tensor([1, 2, 4, 6, 8, 10, 11, 12, 13, 15])):
+            part = token_logprobs(completion_logits_after(model, prompts, rows, ids[rows], mask[rows]), ids[rows])
+            (part * mask[rows]).sum().backward()  # stops at the prompts' cache
+            logps[rows] = part.detach()
+        prompts.backward()  # the cache's gradient through the prompts' forward
+        return logps, [p.grad.clone() for p in model.parameters()]
+
+    logps, grads = shared_run()
+    torch.testing.assert_close(logps * mask, whole.detach() * mask, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    again = shared_run()
+    assert torch.equal(again[0], logps) and all(torch.equal(a, b) for a, b in zip(again[1], grads))  # bit for bit
+
+
+def test_prompts_are_not_shared_where_none_repeats_or_the_cache_is_off(pocket):
+    from course_lib.losses import shares_prompts
+
+    model, inputs = _grpo_batch(pocket, prompts=3, n=2)
+    assert shares_prompts(model, inputs["prompt_ids"])
+    assert not shares_prompts(model, inputs["prompt_ids"][::2])  # one row per prompt: nothing to share
+    model.gradient_checkpointing_enable()
+    assert not shares_prompts(model, inputs["prompt_ids"])

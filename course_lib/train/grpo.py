@@ -12,6 +12,10 @@ One training step, for P prompts with G completions each:
 5. **Update** mu times on this batch: the clipped GRPO loss (``course_lib.losses``),
    backward, gradient clipping, AdamW. With mu = 1, pi = pi_old and the clip never binds.
 
+Stages 4 and 5 run each distinct prompt once and let its G completions read its keys and values
+(``course_lib.losses.run_prompts``): the same log-probs and gradients as running every row
+whole, for about half the tokens of a batch whose prompts are as long as its completions.
+
 Every step appends one row of metrics to ``history`` and hands it to the callbacks
 (e.g. :class:`course_lib.plots.LiveCurves`). ``save``/``load`` write and read a checkpoint
 that resumes to exactly the numbers an uninterrupted run gives.
@@ -35,7 +39,18 @@ from tqdm.auto import tqdm
 
 from course_lib import behaviours
 from course_lib.advantages import GroupAdvantages, group_advantages
-from course_lib.losses import LOSS_TYPES, completion_logits, grpo_loss, samples_inputs, token_entropy, token_logprobs
+from course_lib.losses import (
+    LOSS_TYPES,
+    SharedPrompts,
+    completion_logits,
+    completion_logits_after,
+    grpo_loss,
+    run_prompts,
+    samples_inputs,
+    shares_prompts,
+    token_entropy,
+    token_logprobs,
+)
 from course_lib.prompts import format_prompt
 from course_lib.rewards import FORMAT_COMPONENTS, RewardConfig, reward_breakdown
 from course_lib.sampling import Samples, sample
@@ -154,7 +169,10 @@ class GRPOLoop:
             keep = ~adv.zero_variance.repeat_interleave(s.group_size)
         inputs = {k: v[keep] for k, v in samples_inputs(self.tokenizer, samples, self.device).items()}
         advantages = adv.advantages[keep].to(self.device)  # (n,) rows kept
-        order = torch.argsort(inputs["prompt_mask"].sum(1) + inputs["completion_mask"].sum(1))  # short rows first
+        length = inputs["completion_mask"].sum(1)  # (n,) what a row runs: its completion (and prompt, if not shared)
+        if not shares_prompts(self.policy, inputs["prompt_ids"]):
+            length = length + inputs["prompt_mask"].sum(1)
+        order = torch.argsort(length, stable=True)  # short rows first
         inputs, advantages = {k: v[order] for k, v in inputs.items()}, advantages[order]  # micro-batches pad less
         self.last_batch = (samples, adv.advantages)  # for a look at what was just trained on
         self.last_problems = problems
@@ -275,8 +293,12 @@ class GRPOLoop:
         model.eval()
         context = model.disable_adapter() if use_base else nullcontext()
         with context:
+            prompts = self._run_prompts(model, inputs)
             out = torch.cat(
-                [self._logprobs(model, inputs, rows)[0] for rows in self._micro_batches(len(inputs["prompt_ids"]))]
+                [
+                    self._logprobs(model, inputs, rows, prompts=prompts)[0]
+                    for rows in self._micro_batches(len(inputs["prompt_ids"]))
+                ]
             )
         model.train(was_training)
         return out
@@ -287,17 +309,30 @@ class GRPOLoop:
             return self._frozen_logprobs(self.ref_model, inputs)
         return self._frozen_logprobs(self.policy, inputs, use_base=True)
 
+    def _run_prompts(self, model, inputs: dict) -> SharedPrompts | None:
+        """The batch's distinct prompts run once (:func:`course_lib.losses.run_prompts`), or None
+        where that does not apply (no prompt repeats, gradient checkpointing)."""
+        if not shares_prompts(model, inputs["prompt_ids"]):
+            return None
+        return run_prompts(model, inputs["prompt_ids"], inputs["prompt_mask"])
+
     def _logprobs(
-        self, model, inputs: dict, rows: slice, entropy: bool = False
+        self, model, inputs: dict, rows: slice, entropy: bool = False, prompts: SharedPrompts | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logps, entropy or None), each (m, T), of the rows ``rows`` under ``model``.
 
-        The micro-batch runs without the padding columns none of its rows needs (rows are sorted
-        by length in ``train_step``, so neighbours need about the same width); its results are
-        padded back to the batch's width T.
+        With ``prompts``, the rows' prompts are read from the cache of the batch's distinct prompts
+        and only the completions run; otherwise each row runs its prompt and completion. The
+        micro-batch runs without the padding columns none of its rows needs (rows are sorted by
+        length in ``train_step``, so neighbours need about the same width); its results are padded
+        back to the batch's width T.
         """
         part = _trim_padding({k: v[rows] for k, v in inputs.items()})
-        logits = completion_logits(model, **part, temperature=self.settings.temperature)  # (m, T_m, V)
+        t = self.settings.temperature
+        if prompts is None:
+            logits = completion_logits(model, **part, temperature=t)  # (m, T_m, V)
+        else:
+            logits = completion_logits_after(model, prompts, rows, part["completion_ids"], part["completion_mask"], t)
         logps = token_logprobs(logits, part["completion_ids"])  # (m, T_m)
         width = inputs["completion_ids"].shape[1]
         pad = (0, width - logps.shape[1])
@@ -323,11 +358,12 @@ class GRPOLoop:
         for _ in range(s.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             metrics: dict[str, float] = {}
+            prompts = self._run_prompts(self.policy, inputs)  # each distinct prompt once, for every micro-batch
             for rows in micro_batches:
                 counts = normaliser
                 if s.loss_type == "bnpo":  # TRL: the micro-batch's own tokens, times the accumulation steps
                     counts = dict(normaliser, num_tokens=mask[rows].sum() * len(micro_batches))
-                logps, entropy = self._logprobs(self.policy, inputs, rows, entropy=True)  # (m, T) each
+                logps, entropy = self._logprobs(self.policy, inputs, rows, entropy=True, prompts=prompts)  # (m, T)
                 out = grpo_loss(
                     logps,
                     None if old is None else old[rows],
@@ -347,6 +383,8 @@ class GRPOLoop:
                 share = mask[rows].sum().item() / normaliser["num_tokens"].item()  # token share, for the means
                 for k, v in out.metrics.items():
                     metrics[k] = metrics.get(k, 0.0) + (v if k == "policy_loss" else v * share)
+            if prompts is not None:
+                prompts.backward()  # the micro-batches' gradients on the prompts' cache, through the prompts' forward
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in self.policy.parameters() if p.requires_grad], s.max_grad_norm
             )
