@@ -30,7 +30,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from course_lib.config import get_profile, setup_torch
 from course_lib.data import eval_problems, train_problems
 from course_lib.decoding import Decoder
-from course_lib.losses import shares_prompts
+from course_lib.losses import distinct_prompts, shares_prompts
 from course_lib.models import load_model
 from course_lib.prompts import format_prompt
 from course_lib.sampling import BufferLayer, DrawSettings, draw, sample
@@ -346,8 +346,7 @@ def time_updates(loop: GRPOLoop) -> list[dict]:
         out = update(inputs, *args)
         seconds = time.perf_counter() - start
         prompt, completion = inputs["prompt_mask"].sum(1), int(inputs["completion_mask"].sum())  # (n,), tokens
-        distinct = torch.unique(torch.cat([inputs["prompt_ids"], inputs["prompt_mask"]], dim=1), dim=0)
-        prompts_once = int(distinct[:, inputs["prompt_ids"].shape[1] :].sum())  # each distinct prompt's tokens once
+        prompts_once = int(distinct_prompts(inputs["prompt_ids"], inputs["prompt_mask"])[1].sum())  # each once
         run = completion + (prompts_once if shares_prompts(loop.policy, inputs["prompt_ids"]) else int(prompt.sum()))
         calls.append({"seconds": seconds, "tokens": int(prompt.sum()) + completion, "tokens_run": run})
         return out

@@ -113,11 +113,20 @@ def shares_prompts(model, prompt_ids: torch.Tensor) -> bool:
     return repeated and not getattr(model, "is_gradient_checkpointing", False)
 
 
-def run_prompts(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> SharedPrompts:
-    """Run the distinct prompts of (N, P) left-padded rows once (with gradients where enabled)."""
-    rows = torch.cat([prompt_ids, prompt_mask], dim=1)  # (N, 2P): a prompt is its ids and its padding
+def distinct_prompts(
+    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The U distinct prompts among (N, P) left-padded rows, a prompt being its ids and its padding:
+    their ids and mask (U, P) each, and each row's prompt among them (N,)."""
+    rows = torch.cat([prompt_ids, prompt_mask], dim=1)  # (N, 2P)
     unique, index = torch.unique(rows, dim=0, return_inverse=True)  # (U, 2P), (N,)
     unique_ids, unique_mask = unique.split(prompt_ids.shape[1], dim=1)  # (U, P) each
+    return unique_ids, unique_mask, index
+
+
+def run_prompts(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> SharedPrompts:
+    """Run the distinct prompts of (N, P) left-padded rows once (with gradients where enabled)."""
+    unique_ids, unique_mask, index = distinct_prompts(prompt_ids, prompt_mask)  # (U, P), (U, P), (N,)
     positions = (unique_mask.cumsum(dim=1) - 1).clamp(min=0)  # (U, P): left padding does not shift positions
     out = model(
         input_ids=unique_ids, attention_mask=unique_mask, position_ids=positions, use_cache=True, logits_to_keep=1
