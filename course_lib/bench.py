@@ -148,8 +148,12 @@ def bench_step(
       cache, nothing else (each row holding its own copy of the prompt);
     * ``ours_ms``: our :class:`~course_lib.decoding.Decoder` step, the prompt's cache shared by its
       ``group_size`` rows, and the draw of the next token (best of 3 rounds); ``unfused_ms`` the same
-      with every projection through its own module (``fuse=False``), rounds alternating with ours;
+      with every projection through its own module (``fuse=False``), ``torch_attention_ms`` with
+      attention and norms as PyTorch operations instead of :mod:`course_lib.decoding_kernels`
+      (``kernel=False``; equal to ours where the kernels do not build);
     * ``floor_ms``: :func:`matmul_floor_ms`, and ``ratio_to_floor`` = ours / floor.
+
+    The rounds alternate the variants and the floor, so the machine's drift hits them all alike.
     """
     profile = get_profile(profile_name, fast=False)
     setup_torch(profile, 0)
@@ -190,30 +194,36 @@ def bench_step(
         forward_ms = 1000 * (time.perf_counter() - start) / steps
 
         token = rows[:, -1]
-        rounds = {True: [], False: []}  # fused and unfused, alternating: the machine's drift hits both
+        variants = {
+            "ours": dict(fuse=True),
+            "unfused": dict(fuse=False),
+            "torch_attention": dict(fuse=True, kernel=False),
+        }
+        rounds = {name: [] for name in [*variants, "floor"]}
         for _ in range(3):
-            for fuse in (True, False):
-                rounds[fuse].append(_decoder_ms(model, ids, mask, token, group_size, steps, fuse))
-        ours_ms, unfused_ms = min(rounds[True]), min(rounds[False])
-    floor = matmul_floor_ms(model, batch_size)
+            for name, options in variants.items():
+                rounds[name].append(_decoder_ms(model, ids, mask, token, group_size, steps, **options))
+            rounds["floor"].append(matmul_floor_ms(model, batch_size))
+    best = {name: min(times) for name, times in rounds.items()}
     return {
         "batch_size": batch_size,
         "context": context,
         "generate_ms": generate_ms,
-        "ours_ms": ours_ms,
-        "unfused_ms": unfused_ms,
+        "ours_ms": best["ours"],
+        "unfused_ms": best["unfused"],
+        "torch_attention_ms": best["torch_attention"],
         "forward_ms": forward_ms,
-        "floor_ms": floor,
-        "ratio_to_floor": ours_ms / floor,
+        "floor_ms": best["floor"],
+        "ratio_to_floor": best["ours"] / best["floor"],
     }
 
 
-def _decoder_ms(model, ids, mask, token, group_size: int, steps: int, fuse: bool) -> float:
+def _decoder_ms(model, ids, mask, token, group_size: int, steps: int, fuse: bool, kernel: bool | None = None) -> float:
     """Milliseconds per step of a fresh :class:`Decoder` (and the draw) over ``steps`` new tokens."""
     prefix = DynamicCache()
     model(input_ids=ids, attention_mask=mask, past_key_values=prefix, use_cache=True, logits_to_keep=1)
-    keys = [layer.keys for layer in prefix.layers]
-    decoder = Decoder(model, keys, [layer.values for layer in prefix.layers], mask, group_size, steps, fuse=fuse)
+    keys, values = [layer.keys for layer in prefix.layers], [layer.values for layer in prefix.layers]
+    decoder = Decoder(model, keys, values, mask, group_size, steps, fuse=fuse, kernel=kernel)
     rule = DrawSettings()
     positions = mask.sum(dim=1).repeat_interleave(group_size)  # (B,)
     start = time.perf_counter()
@@ -441,7 +451,8 @@ def _print_step(args: argparse.Namespace) -> list[dict]:
         print(
             f"  batch {r['batch_size']:4d}: floor (weight products alone) {r['floor_ms']:5.1f} ms, "
             f"course_lib's step with its draw {r['ours_ms']:5.1f} ms, ratio {r['ratio_to_floor']:.1f}x "
-            f"(unfused {r['unfused_ms']:.1f} ms, the model's forward {r['forward_ms']:.1f} ms, "
+            f"(attention in PyTorch {r['torch_attention_ms']:.1f} ms, unfused {r['unfused_ms']:.1f} ms, "
+            f"the model's forward {r['forward_ms']:.1f} ms, "
             f"generate {r['generate_ms']:.1f} ms)"
         )
     return rows

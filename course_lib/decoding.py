@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
+from course_lib import decoding_kernels
+
 #: ``config.model_type`` of the models whose decoder layers this step reproduces (Llama's layout;
 #: Qwen2 adds biases to q, k, v, which live inside the projections).
 ARCHITECTURES = ("llama", "qwen2", "mistral")
@@ -112,6 +114,13 @@ def fused_layer(layer) -> FusedLayer | None:
     )
 
 
+def _blocks(keys_t: torch.Tensor) -> torch.Tensor:
+    """(..., D, L) keys as the kernel reads them: (..., L / 16, D, 16), 16 positions per contiguous block."""
+    *lead, head_dim, length = keys_t.shape
+    blocks = keys_t.reshape(*lead, head_dim, length // decoding_kernels.VECTOR, decoding_kernels.VECTOR)
+    return blocks.transpose(-3, -2).contiguous()
+
+
 class Decoder:
     """The decoding state of one batch: P prompts, ``group_size`` completions each.
 
@@ -130,6 +139,9 @@ class Decoder:
             weights the layers apply now (LoRA deltas merged in: :func:`fused_layer`). Default:
             on the CPU, where the per-operation cost of small products dominates; a layer that is
             not plain linear maps (quantised, DoRA) runs through its modules.
+        kernel: attend through :mod:`course_lib.decoding_kernels` (one compiled call per layer).
+            Default: where it is usable (float32 on the CPU, a head dimension it supports, a C
+            compiler); otherwise, or with False, through PyTorch operations (:meth:`_attention`).
     """
 
     def __init__(
@@ -141,6 +153,7 @@ class Decoder:
         group_size: int,
         max_new_tokens: int,
         fuse: bool | None = None,
+        kernel: bool | None = None,
     ):
         base = base_model(model)
         self.core, self.lm_head = base.model, base.get_output_embeddings()
@@ -148,17 +161,33 @@ class Decoder:
         self.heads = base.config.num_attention_heads
         device = prompt_mask.device
         self.order = pair_order(self.head_dim).to(device)  # (D,)
-        self.prompt_keys_t = [k[..., self.order].transpose(-1, -2).contiguous() for k in prompt_keys]  # (P, H_kv, D, L)
-        self.prompt_values = prompt_values  # per layer (P, H_kv, L, D)
-        self.prompt_pad = (prompt_mask == 0)[:, None, None, :]  # (P, 1, 1, L) True where the prompt is padding
-        self.padded = bool(self.prompt_pad.any())
+        if kernel is None:
+            kernel = decoding_kernels.usable(prompt_keys[0].dtype, device, self.head_dim)
+        self.kernel = kernel
         self.group_size = group_size
         rows = prompts * group_size
         self.slots = torch.arange(rows, device=device)  # (B,) each row's place in the P x G grid
         self.slot_prompt, self.slot_copy = self.slots // group_size, self.slots % group_size
-        shape = (rows, self.kv_heads, max_new_tokens, self.head_dim)
-        self.own_keys = [k.new_empty(shape) for k in prompt_keys]  # per layer (B, H_kv, T, D), filled as it goes
-        self.own_values = [v.new_empty(shape) for v in prompt_values]
+        keys_t = [k[..., self.order].transpose(-1, -2) for k in prompt_keys]  # (P, H_kv, D, L)
+        pad = prompt_mask == 0  # (P, L) True where the prompt is padding
+        if kernel:  # the kernel's layouts: L and T padded to whole vectors, own keys in blocks (see decoding_kernels.c)
+            extra, own_len = decoding_kernels.padded(prompt_len) - prompt_len, decoding_kernels.padded(max_new_tokens)
+            # per layer (P, H_kv, L' / 16, D, 16)
+            self.prompt_keys_t = [_blocks(torch.nn.functional.pad(k, (0, extra))) for k in keys_t]
+            self.prompt_values = [torch.nn.functional.pad(v, (0, 0, 0, extra)).contiguous() for v in prompt_values]
+            self.prompt_pad = torch.nn.functional.pad(pad, (0, extra), value=True).to(torch.uint8)  # (P, L')
+            blocks = (rows, self.kv_heads, own_len // decoding_kernels.VECTOR, self.head_dim, decoding_kernels.VECTOR)
+            self.own_keys = [k.new_zeros(blocks) for k in prompt_keys]  # per layer (B, H_kv, T' / 16, D, 16)
+            self.own_values = [v.new_zeros(rows, self.kv_heads, own_len, self.head_dim) for v in prompt_values]
+            self.prompt_rows = self._prompt_rows()
+        else:
+            self.prompt_keys_t = [k.contiguous() for k in keys_t]  # per layer (P, H_kv, D, L)
+            self.prompt_values = prompt_values  # per layer (P, H_kv, L, D)
+            self.prompt_pad = pad[:, None, None, :]  # (P, 1, 1, L)
+            shape = (rows, self.kv_heads, max_new_tokens, self.head_dim)
+            self.own_keys = [k.new_empty(shape) for k in prompt_keys]  # per layer (B, H_kv, T, D), filled as it goes
+            self.own_values = [v.new_empty(shape) for v in prompt_values]
+        self.padded = bool(pad.any())
         self.length = 0  # tokens generated so far (the same for every row)
         self.rotation = rotation_table(self.core.rotary_emb, prompt_len + max_new_tokens, self.head_dim, device)
         scalings = {layer.self_attn.scaling for layer in self.core.layers}
@@ -185,12 +214,24 @@ class Decoder:
             self.prompt_values = [v[prompts] for v in self.prompt_values]
             self.prompt_pad = self.prompt_pad[prompts]
         self.slot_prompt, self.slot_copy = self.slots // self.group_size, self.slots % self.group_size
+        if self.kernel:
+            self.prompt_rows = self._prompt_rows()
 
     def _rows_of(self, buffer: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """A new buffer with the filled part of ``buffer``'s rows ``rows`` (the rest is never read)."""
-        kept = buffer.new_empty((len(rows), *buffer.shape[1:]))
-        kept[:, :, : self.length] = buffer[rows, :, : self.length]
+        """A new buffer with the filled part of ``buffer``'s rows ``rows`` (the rest is never read):
+        the first ``length`` positions, or for the kernel's key blocks the blocks that hold them."""
+        filled = self.length
+        if self.kernel and buffer.dim() == 5:  # (B, H_kv, blocks, D, 16)
+            filled = decoding_kernels.padded(self.length) // decoding_kernels.VECTOR
+        kept = (buffer.new_zeros if self.kernel else buffer.new_empty)((len(rows), *buffer.shape[1:]))
+        kept[:, :, :filled] = buffer[rows, :, :filled]
         return kept
+
+    def _prompt_rows(self) -> torch.Tensor:
+        """(P + 1,) where each prompt's rows start in the batch, and where the last ends (rows stay
+        in grid order, so each prompt's rows are side by side)."""
+        counts = torch.bincount(self.slot_prompt, minlength=self.prompt_keys_t[0].shape[0])  # (P,)
+        return torch.cat([counts.new_zeros(1), counts.cumsum(0)]).cpu()
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Feed one token per row and return the next-token logits.
@@ -204,12 +245,19 @@ class Decoder:
         hidden = self.core.embed_tokens(tokens)  # (B, d)
         turn = self.rotation[positions][:, None, :] * self.head_scale  # (B, H + H_kv, D/2): every layer's rotation
         for i, layer in enumerate(self.core.layers):
-            qk, v = self._qkv(i, layer.self_attn, rms_norm(layer.input_layernorm, hidden), turn)
-            out = self._attention(i, qk, v)  # (B, H * D)
+            qk, v = self._qkv(i, layer.self_attn, self._norm(layer.input_layernorm, hidden), turn)
+            out = self._kernel_attention(i, qk, v) if self.kernel else self._attention(i, qk, v)  # (B, H * D)
             hidden = self._project(out, layer.self_attn.o_proj, self.fused[i] and self.fused[i].o, hidden)
-            hidden = self._mlp(i, layer.mlp, rms_norm(layer.post_attention_layernorm, hidden), hidden)
+            hidden = self._mlp(i, layer.mlp, self._norm(layer.post_attention_layernorm, hidden), hidden)
         self.length += 1
-        return self.lm_head(rms_norm(self.core.norm, hidden))  # (B, V)
+        return self.lm_head(self._norm(self.core.norm, hidden))  # (B, V)
+
+    def _norm(self, norm, x: torch.Tensor) -> torch.Tensor:
+        """``norm(x)``: a Llama-style RMSNorm through the compiled kernel where the decoder uses the
+        kernels, else :func:`rms_norm`."""
+        if self.kernel and type(norm).__name__ in RMS_NORMS and x.is_contiguous():
+            return decoding_kernels.rms_norm(x, norm.weight, norm.variance_epsilon)  # (B, d), one pass
+        return rms_norm(norm, x)
 
     def _qkv(self, i: int, attn, x: torch.Tensor, turn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``i``'s q and k, rotated to their positions (q also scaled), in pair order, and v:
@@ -224,6 +272,14 @@ class Decoder:
         pairs = torch.view_as_complex(qk.float().reshape(rows, -1, head_dim // 2, 2))  # (B, H + H_kv, D/2)
         qk = torch.view_as_real(pairs * turn).view(rows, -1, head_dim).to(x.dtype)  # each pair turned, q scaled
         return qk, v.view(rows, -1, head_dim)
+
+    def _kernel_attention(self, i: int, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """:meth:`_attention` as one compiled call (:func:`course_lib.decoding_kernels.attend`): (B, H + H_kv, D),
+        (B, H_kv, D) -> (B, H * D)."""
+        return decoding_kernels.attend(
+            qk.contiguous(), v.flatten(1), self.heads, self.prompt_keys_t[i], self.prompt_values[i],
+            self.prompt_pad, self.own_keys[i], self.own_values[i], self.prompt_rows, self.length + 1,
+        )  # fmt: skip
 
     def _project(self, x: torch.Tensor, module, weights: tuple | None, residual: torch.Tensor) -> torch.Tensor:
         """residual + a layer's output projection of ``x`` (the residual added inside the product where it can)."""

@@ -1,0 +1,156 @@
+"""The compiled pieces of the CPU decoding step (course_lib.decoding_kernels) against PyTorch's."""
+
+import logging
+
+import pytest
+import torch
+from transformers.cache_utils import DynamicCache
+
+from course_lib import decoding_kernels
+from course_lib.data import pocket_math
+from course_lib.decoding import Decoder
+from course_lib.prompts import format_prompt
+from course_lib.sampling import sample
+
+
+@pytest.fixture
+def fresh_build(tmp_path, monkeypatch):
+    """An empty kernel cache and no library loaded yet; the loaded one comes back after the test."""
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    decoding_kernels.load.cache_clear()
+    yield tmp_path
+    decoding_kernels.load.cache_clear()
+
+
+def _qwen2(head_dim: int = 16):
+    """A random Qwen2-layout model (grouped-query attention, q/k/v biases) with sharp attention:
+    q and k weights scaled 30x, biases drawn (the random init gives near-uniform attention)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "qwen2", vocab_size=64, hidden_size=4 * head_dim, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attn = layer.self_attn
+            attn.q_proj.weight.mul_(30), attn.k_proj.weight.mul_(30)
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+                proj.bias.copy_(torch.randn_like(proj.bias))
+    return model
+
+
+def _decode(model, ids, mask, group_size: int, steps: int, kernel: bool, keep_at: dict) -> list[torch.Tensor]:
+    """Logits of ``steps`` decoding steps (fixed tokens), dropping rows ``keep_at[step]`` before that step."""
+    cache = DynamicCache()
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        keys, values = [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+        decoder = Decoder(model, keys, values, mask, group_size, steps, kernel=kernel)
+        assert decoder.kernel == kernel
+        rows = torch.arange(len(ids) * group_size)
+        positions = mask.sum(1).repeat_interleave(group_size)  # (B,)
+        logits = []
+        for step in range(steps):
+            if step in keep_at:
+                decoder.keep(keep_at[step])
+                rows, positions = rows[keep_at[step]], positions[keep_at[step]]
+            tokens = (rows * 7 + step * 3) % 60 + 2  # (B,) a fixed token per row and step
+            logits.append(decoder.step(tokens, positions + step))
+    return logits
+
+
+def test_the_kernels_build_on_this_machine():
+    """CI's machine has a C compiler (DeepSpeed's ops need one too): the kernels must build and load there."""
+    assert decoding_kernels.load() is not None
+    assert decoding_kernels.usable(torch.float32, torch.device("cpu"), 32)
+    assert not decoding_kernels.usable(torch.bfloat16, torch.device("cpu"), 32)  # float32 only
+    assert not decoding_kernels.usable(torch.float32, torch.device("cpu"), 8)  # a head dimension of whole vectors
+
+
+def test_kernel_attention_equals_pytorch_attention_with_gqa_padding_and_dropped_rows():
+    """Grouped-query attention (2 query heads per key head), sharp attention, biases, left padding,
+    prompts whose lengths are not whole vectors, more steps than one block of own keys, and rows
+    dropped twice (the second time every row of one prompt): the kernel's logits are PyTorch's."""
+    model = _qwen2()
+    lengths = [5, 19, 33]  # left padding; none a multiple of 16
+    width = max(lengths)
+    ids = torch.randint(2, 60, (3, width), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths])
+    keep_at = {7: torch.tensor([0, 1, 3, 4, 5, 6, 7, 9, 10, 11]), 21: torch.tensor([0, 1, 2, 7, 8, 9])}
+    # from step 21: rows 0, 1, 3 of prompt 0 and 9, 10, 11 of prompt 2; prompt 1 has no row left
+    ours = _decode(model, ids, mask, 4, 30, kernel=True, keep_at=keep_at)
+    theirs = _decode(model, ids, mask, 4, 30, kernel=False, keep_at=keep_at)
+    for step, (a, b) in enumerate(zip(ours, theirs)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda m, step=step: f"step {step}: {m}")
+    spread = torch.stack([logit.std() for logit in theirs]).min()
+    assert spread > 0.1  # the logits are not flat: a wrong attention would show
+
+
+def test_a_wrong_row_to_prompt_map_is_caught():
+    """Planted fault: rows read another prompt's keys. The comparison above must fail on it."""
+    model = _qwen2()
+    ids = torch.randint(2, 60, (2, 20), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    cache = DynamicCache()
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        keys, values = [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+        right = Decoder(model, keys, values, mask, 2, 4, kernel=True)
+        wrong = Decoder(model, keys, values, mask, 2, 4, kernel=True)
+        wrong.prompt_rows = torch.tensor([0, 1, 4])  # prompt 0 gets row 0 only, prompt 1 rows 1-3
+        tokens, positions = torch.tensor([5, 6, 7, 8]), torch.full((4,), 20)
+        assert not torch.allclose(right.step(tokens, positions), wrong.step(tokens, positions), atol=1e-3)
+
+
+def test_the_kernels_sample_the_same_completions(pocket, monkeypatch):
+    """The pocket model, 64 completions of 120 tokens with finished rows dropped: the same texts with
+    the kernels as with PyTorch's attention (``COURSE_KERNELS=0``), log-probs to float error."""
+    model, tok = pocket
+    prompts = [format_prompt(tok, p["question"]) for p in pocket_math.pocket_test_set(8)]
+    ours = sample(model, tok, prompts, n=8, max_new_tokens=120, seed=11)
+    monkeypatch.setenv("COURSE_KERNELS", "0")
+    assert not decoding_kernels.usable(torch.float32, torch.device("cpu"), 32)
+    theirs = sample(model, tok, prompts, n=8, max_new_tokens=120, seed=11)
+    assert len(set(ours.lengths.tolist())) > 1  # rows finished at different steps
+    assert ours.texts == theirs.texts
+    torch.testing.assert_close(ours.logprobs, theirs.logprobs, atol=1e-4, rtol=1e-4)
+
+
+def test_the_rms_norm_kernel_equals_the_models_norm(pocket):
+    model, _ = pocket
+    norm = model.model.layers[0].input_layernorm
+    x = torch.randn(37, model.config.hidden_size) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(decoding_kernels.rms_norm(x, norm.weight, norm.variance_epsilon), norm(x))
+
+
+def test_attend_refuses_a_query_tensor_it_would_misread():
+    q = torch.zeros(4, 3, 16).transpose(0, 1)  # (3, 4, 16), not contiguous
+    empty = torch.zeros(1)
+    with pytest.raises(ValueError, match="contiguous"):
+        decoding_kernels.attend(q, torch.zeros(3, 16), 3, empty, torch.zeros(1, 1, 16, 16), empty, empty,
+                                torch.zeros(3, 1, 16, 16), empty, 1)  # fmt: skip
+
+
+def test_without_a_compiler_the_decoder_falls_back_and_says_so(fresh_build, monkeypatch, caplog, pocket):
+    monkeypatch.setenv("CC", str(fresh_build / "no-such-compiler"))
+    with caplog.at_level(logging.WARNING, logger="course_lib.decoding_kernels"):
+        assert decoding_kernels.load() is None
+    assert "PyTorch operations" in caplog.text
+    assert not decoding_kernels.usable(torch.float32, torch.device("cpu"), 32)
+    model, tok = pocket
+    out = sample(model, tok, [format_prompt(tok, pocket_math.pocket_test_set(1)[0]["question"])], n=2, seed=0)
+    assert len(out.texts) == 2  # sampling goes on through PyTorch's attention
+
+
+def test_a_fresh_build_lands_in_the_cache_and_is_reused(fresh_build):
+    assert decoding_kernels.load() is not None
+    built = list((fresh_build / "kernels").glob("decoding-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    decoding_kernels.load.cache_clear()
+    assert decoding_kernels.load() is not None
+    assert built[0].stat().st_mtime_ns == stamp  # loaded, not compiled again
