@@ -161,16 +161,22 @@ class Decoder:
         self.heads = base.config.num_attention_heads
         device = prompt_mask.device
         self.order = pair_order(self.head_dim).to(device)  # (D,)
-        if kernel is None:
-            kernel = decoding_kernels.usable(prompt_keys[0].dtype, device, self.head_dim)
-        self.kernel = kernel
+        usable = decoding_kernels.usable(prompt_keys[0].dtype, device, self.head_dim)
+        if kernel and not usable:
+            raise ValueError(
+                "kernel=True needs float32 on the CPU, a head dimension that is a multiple of "
+                f"{decoding_kernels.VECTOR} and a C compiler (got {prompt_keys[0].dtype} on {device.type}, "
+                f"head dimension {self.head_dim}): leave kernel at None to use it only where it can run"
+            )
+        self.kernel = usable if kernel is None else kernel
+        self.capacity = max_new_tokens
         self.group_size = group_size
         rows = prompts * group_size
         self.slots = torch.arange(rows, device=device)  # (B,) each row's place in the P x G grid
         self.slot_prompt, self.slot_copy = self.slots // group_size, self.slots % group_size
         keys_t = [k[..., self.order].transpose(-1, -2) for k in prompt_keys]  # (P, H_kv, D, L)
         pad = prompt_mask == 0  # (P, L) True where the prompt is padding
-        if kernel:  # the kernel's layouts: L and T padded to whole vectors, own keys in blocks (see decoding_kernels.c)
+        if self.kernel:  # the kernel's layouts: L and T padded to whole vectors, own keys in blocks (see decoding_kernels.c)
             extra, own_len = decoding_kernels.padded(prompt_len) - prompt_len, decoding_kernels.padded(max_new_tokens)
             # per layer (P, H_kv, L' / 16, D, 16)
             self.prompt_keys_t = [_blocks(torch.nn.functional.pad(k, (0, extra))) for k in keys_t]
@@ -201,7 +207,10 @@ class Decoder:
         self.fused = [fused_layer(layer) for layer in self.core.layers] if fuse else [None] * len(self.core.layers)
 
     def keep(self, rows: torch.Tensor) -> None:
-        """Keep only the batch rows ``rows`` (the completions still running), and the prompts they need."""
+        """Keep only the batch rows ``rows`` (the completions still running, in increasing order: each
+        prompt's rows stay side by side), and the prompts they need."""
+        if len(rows) > 1 and not bool((rows[1:] > rows[:-1]).all()):
+            raise ValueError("keep: give the rows to keep in increasing order (e.g. done.logical_not().nonzero())")
         self.slots = self.slots[rows]
         self.own_keys = [self._rows_of(k, rows) for k in self.own_keys]
         self.own_values = [self._rows_of(v, rows) for v in self.own_values]
@@ -242,6 +251,10 @@ class Decoder:
         Returns:
             (B, V) logits.
         """
+        if self.length >= self.capacity:
+            raise ValueError(
+                f"the decoder holds {self.capacity} new tokens per row; make it with a larger max_new_tokens"
+            )
         hidden = self.core.embed_tokens(tokens)  # (B, d)
         turn = self.rotation[positions][:, None, :] * self.head_scale  # (B, H + H_kv, D/2): every layer's rotation
         for i, layer in enumerate(self.core.layers):

@@ -24,6 +24,7 @@
  *   out         (B, H, D)
  */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #ifdef COURSE_LIBMVEC
@@ -73,9 +74,9 @@ static inline void softmax(float *s, int n)
     for (int l = 0; l < n; l++) s[l] *= scale;
 }
 
-void attend(const float *restrict qk, long q_row_stride, const float *restrict new_v, long new_v_row_stride,
+void attend(const float *restrict qk, int64_t q_row_stride, const float *restrict new_v, int64_t new_v_row_stride,
             const float *restrict prompt_kt, const float *restrict prompt_v, const unsigned char *restrict prompt_pad,
-            float *restrict own_kt, float *restrict own_v, const long *restrict prompt_rows, int prompts, int heads,
+            float *restrict own_kt, float *restrict own_v, const int64_t *restrict prompt_rows, int prompts, int heads,
             int kv_heads, int head_dim, int prompt_len, int own_cap, int own_len, float *restrict out, int threads)
 {
     const int rep = heads / kv_heads, n = prompt_len + own_len, own_cols = (own_len + VW - 1) / VW * VW;

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -45,7 +46,7 @@ FLAG_SETS = (
     ("-O3", "-lm"),
 )
 _ATTEND_ARGS = (
-    [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long]  # qk, its row stride, new_v, its row stride
+    [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]  # qk, its row stride, new_v, its row stride
     + [ctypes.c_void_p] * 6  # prompt_kt, prompt_v, prompt_pad, own_kt, own_v, prompt_rows
     + [ctypes.c_int] * 7  # prompts, heads, kv_heads, head_dim, prompt_len, own_cap, own_len
     + [ctypes.c_void_p, ctypes.c_int]  # out, threads
@@ -75,15 +76,16 @@ def usable(dtype: torch.dtype, device: torch.device, head_dim: int) -> bool:
 def load():
     """The compiled library (compiling it the first time), its functions ``attend`` and ``rms_norm``
     ready to call, or None where no compiler builds it; the reason is logged once."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
+    found = [path for path in map(shutil.which, ("cc", "gcc", "clang")) if path]
+    compiler = shlex.split(os.environ.get("CC", "")) or found[:1]  # $CC may carry arguments ("ccache gcc")
+    if not compiler:
         logger.warning("no C compiler (cc, gcc or clang): the decoding step runs PyTorch operations")
         return None
     errors = []
     for flags in FLAG_SETS:
         try:
             library = ctypes.CDLL(str(_build(compiler, flags)))
-        except (OSError, subprocess.CalledProcessError) as error:
+        except (OSError, subprocess.SubprocessError) as error:
             errors.append(f"{' '.join(flags)}: {getattr(error, 'stderr', '') or error}")
             continue
         library.attend.argtypes, library.attend.restype = _ATTEND_ARGS, None
@@ -91,17 +93,17 @@ def load():
         return library
     logger.warning(
         "the decoding kernels did not build with %s, the decoding step runs PyTorch operations:\n%s",
-        compiler,
+        " ".join(compiler),
         "\n".join(errors)[-2000:],
     )
     return None
 
 
-def _build(compiler: str, flags: tuple[str, ...]) -> Path:
+def _build(compiler: list[str], flags: tuple[str, ...]) -> Path:
     """Compile :data:`SOURCE` with ``flags`` into :func:`cache_dir` (once per source, compiler, flags
     and CPU) and return the shared library's path."""
     source = SOURCE.read_bytes()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu().encode()]))
     target = cache_dir() / f"decoding-{key.hexdigest()[:16]}.so"
     if target.exists():
@@ -109,8 +111,8 @@ def _build(compiler: str, flags: tuple[str, ...]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
-        command = [compiler, "-shared", "-fPIC", "-o", str(built), str(SOURCE), *flags]
-        subprocess.run(command, check=True, capture_output=True, text=True)
+        command = [*compiler, "-shared", "-fPIC", "-o", str(built), str(SOURCE), *flags]
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
         os.replace(built, target)  # atomic: processes building at once each leave a whole file
     return target
 
@@ -159,8 +161,18 @@ def attend(
         (B, H * D) attention outputs, heads side by side.
     """
     rows, kv_heads, prompt_len, head_dim = qk.shape[0], prompt_v.shape[1], prompt_v.shape[2], qk.shape[-1]
-    if not (qk.is_contiguous() and new_v.stride(-1) == 1 and own_len <= own_v.shape[2]):
-        raise ValueError("attend: qk must be contiguous, new_v's rows contiguous, own_len within the own cache")
+    buffers = (qk, prompt_kt, prompt_v, own_kt, own_v)
+    if not (
+        all(t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu" for t in buffers)
+        and new_v.dtype == torch.float32 and new_v.stride(-1) == 1 and prompt_pad.is_contiguous()
+        and prompt_rows.dtype == torch.int64 and int(prompt_rows[-1]) == rows
+        and qk.shape[1] == heads + kv_heads and heads % kv_heads == 0
+        and head_dim % VECTOR == 0 and prompt_len % VECTOR == 0 and 1 <= own_len <= own_v.shape[2]
+    ):  # fmt: skip
+        raise ValueError(
+            "attend: float32 CPU tensors, qk and the caches contiguous in the layouts documented here, new_v's rows "
+            "contiguous, prompt_rows int64 ending at the batch size, D and L multiples of VECTOR, 1 <= own_len <= T"
+        )
     out = qk.new_empty(rows, heads * head_dim)  # (B, H * D)
     load().attend(
         qk.data_ptr(), qk.stride(0), new_v.data_ptr(), new_v.stride(0),

@@ -1,6 +1,7 @@
 """The compiled pieces of the CPU decoding step (course_lib.decoding_kernels) against PyTorch's."""
 
 import logging
+import shutil
 
 import pytest
 import torch
@@ -11,6 +12,11 @@ from course_lib.data import pocket_math
 from course_lib.decoding import Decoder
 from course_lib.prompts import format_prompt
 from course_lib.sampling import sample
+
+needs_compiler = pytest.mark.skipif(
+    not any(map(shutil.which, ("cc", "gcc", "clang"))),
+    reason="no C compiler here: the decoder runs PyTorch's attention (test_without_a_compiler_... covers that)",
+)
 
 
 @pytest.fixture
@@ -62,33 +68,39 @@ def _decode(model, ids, mask, group_size: int, steps: int, kernel: bool, keep_at
     return logits
 
 
+@needs_compiler
 def test_the_kernels_build_on_this_machine():
-    """CI's machine has a C compiler (DeepSpeed's ops need one too): the kernels must build and load there."""
+    """Where there is a C compiler (CI's machine has one: DeepSpeed's ops need it too) the kernels build and load."""
     assert decoding_kernels.load() is not None
     assert decoding_kernels.usable(torch.float32, torch.device("cpu"), 32)
     assert not decoding_kernels.usable(torch.bfloat16, torch.device("cpu"), 32)  # float32 only
     assert not decoding_kernels.usable(torch.float32, torch.device("cpu"), 8)  # a head dimension of whole vectors
 
 
-def test_kernel_attention_equals_pytorch_attention_with_gqa_padding_and_dropped_rows():
+@needs_compiler
+@pytest.mark.parametrize("head_dim", [16, 32])
+def test_kernel_attention_equals_pytorch_attention_with_gqa_padding_and_dropped_rows(head_dim):
     """Grouped-query attention (2 query heads per key head), sharp attention, biases, left padding,
-    prompts whose lengths are not whole vectors, more steps than one block of own keys, and rows
-    dropped twice (the second time every row of one prompt): the kernel's logits are PyTorch's."""
-    model = _qwen2()
+    prompts whose lengths are not whole vectors, 6 rows per prompt (12 queries per key head: a full
+    block of 8 and a partial one), more steps than one block of own keys, and rows dropped twice
+    (the second time every row of one prompt): the kernel's logits are PyTorch's."""
+    model = _qwen2(head_dim)
     lengths = [5, 19, 33]  # left padding; none a multiple of 16
     width = max(lengths)
     ids = torch.randint(2, 60, (3, width), generator=torch.Generator().manual_seed(1))
     mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths])
-    keep_at = {7: torch.tensor([0, 1, 3, 4, 5, 6, 7, 9, 10, 11]), 21: torch.tensor([0, 1, 2, 7, 8, 9])}
-    # from step 21: rows 0, 1, 3 of prompt 0 and 9, 10, 11 of prompt 2; prompt 1 has no row left
-    ours = _decode(model, ids, mask, 4, 30, kernel=True, keep_at=keep_at)
-    theirs = _decode(model, ids, mask, 4, 30, kernel=False, keep_at=keep_at)
+    first = torch.tensor([0, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17])  # rows 2 and 12 finished
+    second = torch.tensor([0, 1, 2, 3, 4, 11, 12, 13, 14, 15])  # entries 5-10 (prompt 1's rows 6-11) finished
+    keep_at = {7: first, 21: second}  # from step 21: rows 0, 1, 3, 4, 5 and 13-17; prompt 1 has no row left
+    ours = _decode(model, ids, mask, 6, 30, kernel=True, keep_at=keep_at)
+    theirs = _decode(model, ids, mask, 6, 30, kernel=False, keep_at=keep_at)
     for step, (a, b) in enumerate(zip(ours, theirs)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda m, step=step: f"step {step}: {m}")
     spread = torch.stack([logit.std() for logit in theirs]).min()
     assert spread > 0.1  # the logits are not flat: a wrong attention would show
 
 
+@needs_compiler
 def test_a_wrong_row_to_prompt_map_is_caught():
     """Planted fault: rows read another prompt's keys. The comparison above must fail on it."""
     model = _qwen2()
@@ -105,6 +117,7 @@ def test_a_wrong_row_to_prompt_map_is_caught():
         assert not torch.allclose(right.step(tokens, positions), wrong.step(tokens, positions), atol=1e-3)
 
 
+@needs_compiler
 def test_the_kernels_sample_the_same_completions(pocket, monkeypatch):
     """The pocket model, 64 completions of 120 tokens with finished rows dropped: the same texts with
     the kernels as with PyTorch's attention (``COURSE_KERNELS=0``), log-probs to float error."""
@@ -119,6 +132,7 @@ def test_the_kernels_sample_the_same_completions(pocket, monkeypatch):
     torch.testing.assert_close(ours.logprobs, theirs.logprobs, atol=1e-4, rtol=1e-4)
 
 
+@needs_compiler
 def test_the_rms_norm_kernel_equals_the_models_norm(pocket):
     model, _ = pocket
     norm = model.model.layers[0].input_layernorm
@@ -127,12 +141,42 @@ def test_the_rms_norm_kernel_equals_the_models_norm(pocket):
         torch.testing.assert_close(decoding_kernels.rms_norm(x, norm.weight, norm.variance_epsilon), norm(x))
 
 
-def test_attend_refuses_a_query_tensor_it_would_misread():
-    q = torch.zeros(4, 3, 16).transpose(0, 1)  # (3, 4, 16), not contiguous
-    empty = torch.zeros(1)
-    with pytest.raises(ValueError, match="contiguous"):
-        decoding_kernels.attend(q, torch.zeros(3, 16), 3, empty, torch.zeros(1, 1, 16, 16), empty, empty,
-                                torch.zeros(3, 1, 16, 16), empty, 1)  # fmt: skip
+@needs_compiler
+def test_attend_and_the_decoder_refuse_what_the_kernel_would_misread(pocket):
+    """Arguments the C code would read out of bounds or misread raise first, with what to do."""
+    rows, heads, head_dim, length = 4, 2, 16, 16
+    args = dict(
+        qk=torch.zeros(rows, 2 * heads, head_dim), new_v=torch.zeros(rows, heads * head_dim), heads=heads,
+        prompt_kt=torch.zeros(1, heads, 1, head_dim, 16), prompt_v=torch.zeros(1, heads, length, head_dim),
+        prompt_pad=torch.zeros(1, length, dtype=torch.uint8), own_kt=torch.zeros(rows, heads, 1, head_dim, 16),
+        own_v=torch.zeros(rows, heads, 16, head_dim), prompt_rows=torch.tensor([0, rows]), own_len=1,
+    )  # fmt: skip
+    assert decoding_kernels.attend(**args).shape == (rows, heads * head_dim)  # the arguments as they should be
+    wrong = {
+        "qk": torch.zeros(2 * heads, rows, head_dim).transpose(0, 1),  # not contiguous
+        "own_len": 0,  # would write before the cache
+        "prompt_rows": torch.tensor([0, rows - 1]),  # a row no prompt owns
+        "own_v": torch.zeros(rows, heads, 16, head_dim, dtype=torch.float64),
+    }
+    for name, value in wrong.items():
+        with pytest.raises(ValueError, match="float32 CPU tensors"):
+            decoding_kernels.attend(**{**args, name: value})
+    model, tok = pocket
+    cache = DynamicCache()
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+    keys, values = [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+    half = [k.to(torch.bfloat16) for k in keys], [v.to(torch.bfloat16) for v in values]
+    with pytest.raises(ValueError, match="float32 on the CPU"):
+        Decoder(model, *half, torch.ones_like(ids), 2, 4, kernel=True)
+    decoder = Decoder(model, keys, values, torch.ones_like(ids), 2, 1, kernel=True)
+    with pytest.raises(ValueError, match="increasing order"):
+        decoder.keep(torch.tensor([1, 0]))
+    with torch.no_grad():
+        decoder.step(torch.tensor([8, 9]), torch.tensor([3, 3]))
+        with pytest.raises(ValueError, match="larger max_new_tokens"):
+            decoder.step(torch.tensor([8, 9]), torch.tensor([4, 4]))
 
 
 def test_without_a_compiler_the_decoder_falls_back_and_says_so(fresh_build, monkeypatch, caplog, pocket):
@@ -146,6 +190,7 @@ def test_without_a_compiler_the_decoder_falls_back_and_says_so(fresh_build, monk
     assert len(out.texts) == 2  # sampling goes on through PyTorch's attention
 
 
+@needs_compiler
 def test_a_fresh_build_lands_in_the_cache_and_is_reused(fresh_build):
     assert decoding_kernels.load() is not None
     built = list((fresh_build / "kernels").glob("decoding-*.so"))
