@@ -176,7 +176,7 @@ class Decoder:
         self.slot_prompt, self.slot_copy = self.slots // group_size, self.slots % group_size
         keys_t = [k[..., self.order].transpose(-1, -2) for k in prompt_keys]  # (P, H_kv, D, L)
         pad = prompt_mask == 0  # (P, L) True where the prompt is padding
-        if self.kernel:  # the kernel's layouts: L and T padded to whole vectors, own keys in blocks (see decoding_kernels.c)
+        if self.kernel:  # the kernel's layouts: L and T padded to whole vectors, keys in blocks (decoding_kernels.c)
             extra, own_len = decoding_kernels.padded(prompt_len) - prompt_len, decoding_kernels.padded(max_new_tokens)
             # per layer (P, H_kv, L' / 16, D, 16)
             self.prompt_keys_t = [_blocks(torch.nn.functional.pad(k, (0, extra))) for k in keys_t]
