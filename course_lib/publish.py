@@ -39,6 +39,7 @@ import kaleido
 import nbformat
 import plotly.io as pio
 from nbclient import NotebookClient
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from course_lib.config import fast_mode
 
@@ -215,6 +216,25 @@ def _commit() -> str:
     return run.stdout.strip() or "unknown"
 
 
+#: Seconds a cell may run before the lesson starts again from the top (the longest lesson takes about six
+#: minutes in full mode on 2 cores). Twice a kernel's reply to a cell never reached nbclient, which then
+#: waited with the kernel idle; a second run of the same lesson went through.
+CELL_TIMEOUT = 900
+TRIES = 2
+
+
+def publish_lesson(path: str | Path, render: Renderer, cell_timeout: int = CELL_TIMEOUT, tries: int = TRIES) -> dict:
+    """:func:`publish`, run again from the top (a fresh kernel) when a cell gets no reply within
+    ``cell_timeout`` seconds or the kernel dies, up to ``tries`` runs in all."""
+    for _ in range(tries - 1):
+        try:
+            return publish(path, render, cell_timeout)
+        except (CellTimeoutError, DeadKernelError) as error:
+            reason = f"no reply within {cell_timeout} s" if isinstance(error, CellTimeoutError) else "the kernel died"
+            print(f"{Path(path).name}: {reason}; running it again on a fresh kernel", flush=True)
+    return publish(path, render, cell_timeout)  # the last try: its error propagates
+
+
 def publish(path: str | Path, render: Renderer, cell_timeout: int = 3600) -> dict:
     """Run one lesson in full mode, make its outputs static and write it back; returns its record.
 
@@ -306,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     with png_renderer() as render:
         for path in paths:
             print(f"{path.name}: {'static step' if args.restatic else 'running in full mode'} ...", flush=True)
-            record = restatic(path, render) if args.restatic else publish(path, render)
+            record = restatic(path, render) if args.restatic else publish_lesson(path, render)
             print(f"{path.name}: {record['seconds']:.0f} s, {record['bytes']:,} bytes", flush=True)
     found = [p for path in paths for p in problems(path)]
     print("\n".join(found) or "every lesson published")

@@ -173,3 +173,30 @@ def test_kaleido_draws_a_png_of_the_size_the_figure_asks_for():
         png = render(figure)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (640, 320)
+
+
+def test_a_lesson_whose_cell_never_gets_a_reply_runs_again_then_gives_up(monkeypatch, capsys):
+    """A lost kernel reply (twice in practice: nbclient waiting, the kernel idle) costs one more run, not an hour."""
+    from nbclient.exceptions import CellTimeoutError
+
+    from course_lib import publish as pub
+
+    runs = []
+
+    def flaky(path, render, cell_timeout):
+        runs.append(cell_timeout)
+        if len(runs) == 1:
+            raise CellTimeoutError("Cell execution timed out")
+        return {"seconds": 1.0, "bytes": 10}
+
+    monkeypatch.setattr(pub, "publish", flaky)
+    assert pub.publish_lesson("notebooks/04_grpo_math.ipynb", render=None) == {"seconds": 1.0, "bytes": 10}
+    assert runs == [pub.CELL_TIMEOUT, pub.CELL_TIMEOUT]
+    assert "04_grpo_math.ipynb: no reply within 900 s; running it again on a fresh kernel" in capsys.readouterr().out
+
+    def stuck(path, render, cell_timeout):
+        raise CellTimeoutError("Cell execution timed out")
+
+    monkeypatch.setattr(pub, "publish", stuck)
+    with pytest.raises(CellTimeoutError):
+        pub.publish_lesson("notebooks/04_grpo_math.ipynb", render=None)
