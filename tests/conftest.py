@@ -91,3 +91,23 @@ def trl_scored_batch(trainer, group_size: int) -> dict:
     consecutively (the order of TRL's RepeatSampler). Returns TRL's output dict."""
     batch = [row for row in trainer.train_dataset for _ in range(group_size)]
     return trainer._generate_and_score_completions(batch)
+
+
+def _sharpen_attention(model, seed: int = 1):
+    """Make a random Qwen2-layout model's attention far from uniform, in place: q and k weights
+    scaled 30x, the q/k/v biases drawn under ``seed`` (the random init gives near-uniform attention
+    and zero biases, under which a wrong key-head mapping or a dropped bias goes unseen)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attn = layer.self_attn
+            attn.q_proj.weight.mul_(30), attn.k_proj.weight.mul_(30)
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+                proj.bias.copy_(torch.randn_like(proj.bias))
+    return model
+
+
+@pytest.fixture
+def sharpen_attention():
+    """:func:`_sharpen_attention`, for tests that build their own Qwen2-layout model."""
+    return _sharpen_attention

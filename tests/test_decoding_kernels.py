@@ -29,8 +29,8 @@ def fresh_build(tmp_path, monkeypatch):
 
 
 def _qwen2(head_dim: int = 16):
-    """A random Qwen2-layout model (grouped-query attention, q/k/v biases) with sharp attention:
-    q and k weights scaled 30x, biases drawn (the random init gives near-uniform attention)."""
+    """A random Qwen2-layout model (grouped-query attention, 2 query heads per key head, q/k/v
+    biases) with the given head dimension; the tests sharpen its attention (``sharpen_attention``)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model(
@@ -38,14 +38,7 @@ def _qwen2(head_dim: int = 16):
         num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for layer in model.model.layers:
-            attn = layer.self_attn
-            attn.q_proj.weight.mul_(30), attn.k_proj.weight.mul_(30)
-            for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
-                proj.bias.copy_(torch.randn_like(proj.bias))
-    return model
+    return AutoModelForCausalLM.from_config(config).eval()
 
 
 def _decode(model, ids, mask, group_size: int, steps: int, kernel: bool, keep_at: dict) -> list[torch.Tensor]:
@@ -79,12 +72,12 @@ def test_the_kernels_build_on_this_machine():
 
 @needs_compiler
 @pytest.mark.parametrize("head_dim", [16, 32])
-def test_kernel_attention_equals_pytorch_attention_with_gqa_padding_and_dropped_rows(head_dim):
+def test_kernel_attention_equals_pytorch_attention_with_gqa_padding_and_dropped_rows(head_dim, sharpen_attention):
     """Grouped-query attention (2 query heads per key head), sharp attention, biases, left padding,
     prompts whose lengths are not whole vectors, 6 rows per prompt (12 queries per key head: a full
     block of 8 and a partial one), more steps than one block of own keys, and rows dropped twice
     (the second time every row of one prompt): the kernel's logits are PyTorch's."""
-    model = _qwen2(head_dim)
+    model = sharpen_attention(_qwen2(head_dim))
     lengths = [5, 19, 33]  # left padding; none a multiple of 16
     width = max(lengths)
     ids = torch.randint(2, 60, (3, width), generator=torch.Generator().manual_seed(1))
@@ -101,9 +94,9 @@ def test_kernel_attention_equals_pytorch_attention_with_gqa_padding_and_dropped_
 
 
 @needs_compiler
-def test_a_wrong_row_to_prompt_map_is_caught():
+def test_a_wrong_row_to_prompt_map_is_caught(sharpen_attention):
     """Planted fault: rows read another prompt's keys. The comparison above must fail on it."""
-    model = _qwen2()
+    model = sharpen_attention(_qwen2())
     ids = torch.randint(2, 60, (2, 20), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
     cache = DynamicCache()

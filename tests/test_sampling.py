@@ -367,19 +367,12 @@ def test_sampled_tokens_follow_the_warped_distribution(rule):
 # --------------------------------------------------------------------------- attention, adapters, Unsloth
 
 
-def test_grouped_query_attention_far_from_uniform_with_biases(monkeypatch):
+def test_grouped_query_attention_far_from_uniform_with_biases(monkeypatch, sharpen_attention):
     """Qwen2's layout with sharp attention and non-zero q/k/v biases: the shared-prefix step gives a
     forward pass's log-probs and draws what the model's own forward draws."""
     import course_lib.sampling as sampling
 
-    model = _tiny_causal_lm("qwen2", attn_implementation="eager")
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            attn = layer.self_attn
-            attn.q_proj.weight.mul_(30), attn.k_proj.weight.mul_(30)
-            for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
-                proj.bias.copy_(torch.randn_like(proj.bias))
+    model = sharpen_attention(_tiny_causal_lm("qwen2", attn_implementation="eager"), seed=1)
     tok, prompts = _Ids(), ["5 17 3 9 22 30 31 32", "40 2", "7 7 7 8 9 10 11"]
     with torch.no_grad():
         weights = model(**tok(prompts), output_attentions=True).attentions  # per layer (P, H, L, L)
