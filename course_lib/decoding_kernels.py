@@ -81,10 +81,19 @@ def load():
     if not compiler:
         logger.warning("no C compiler (cc, gcc or clang): the decoding step runs PyTorch operations")
         return None
+    try:
+        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        logger.warning(
+            "the C compiler %s does not run (%s): the decoding step runs PyTorch operations", " ".join(compiler), error
+        )
+        return None
+    # what a build depends on besides its flags: the source, the compiler's version, this CPU
+    identity = b"\0".join([SOURCE.read_bytes(), version.encode(), _cpu().encode()])
     errors = []
     for flags in FLAG_SETS:
         try:
-            library = ctypes.CDLL(str(_build(compiler, flags)))
+            library = ctypes.CDLL(str(_build(compiler, flags, identity)))
         except (OSError, subprocess.SubprocessError) as error:
             errors.append(f"{' '.join(flags)}: {getattr(error, 'stderr', '') or error}")
             continue
@@ -99,12 +108,10 @@ def load():
     return None
 
 
-def _build(compiler: list[str], flags: tuple[str, ...]) -> Path:
-    """Compile :data:`SOURCE` with ``flags`` into :func:`cache_dir` (once per source, compiler, flags
-    and CPU) and return the shared library's path."""
-    source = SOURCE.read_bytes()
-    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu().encode()]))
+def _build(compiler: list[str], flags: tuple[str, ...], identity: bytes) -> Path:
+    """Compile :data:`SOURCE` with ``flags`` into :func:`cache_dir` (once per ``identity``: source,
+    compiler version and CPU, and flags) and return the shared library's path."""
+    key = hashlib.sha256(b"\0".join([identity, " ".join(flags).encode()]))
     target = cache_dir() / f"decoding-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
