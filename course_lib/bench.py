@@ -2,7 +2,8 @@
 
 ``step`` times one decoding step (:class:`~course_lib.decoding.Decoder` plus the draw) at batch
 64 and 256 against its arithmetic floor: the matrix products with the model's own weight shapes
-alone (:func:`matmul_floor_ms`), one roofline line per batch size.
+alone (through ``torch.mm``, :func:`matmul_floor_ms`, or straight from C through the BLAS the
+compiled step calls, whichever is faster), one roofline line per batch size.
 
 ``sample`` draws the same completions (same model, prompts, temperature, token budget) with
 ``transformers``' ``generate`` and with the course's decoding loop (:mod:`course_lib.sampling`),
@@ -30,6 +31,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from course_lib.config import get_profile, setup_torch
 from course_lib.data import eval_problems, train_problems
 from course_lib.decoding import Decoder
+from course_lib.decoding_kernels import gemm_floor_ms
 from course_lib.losses import distinct_prompts, shares_prompts
 from course_lib.models import load_model
 from course_lib.prompts import format_prompt
@@ -147,13 +149,20 @@ def bench_step(
     * ``forward_ms``: the model's own forward pass on one token per row with a :class:`BufferLayer`
       cache, nothing else (each row holding its own copy of the prompt);
     * ``ours_ms``: our :class:`~course_lib.decoding.Decoder` step, the prompt's cache shared by its
-      ``group_size`` rows, and the draw of the next token (best of 3 rounds); ``unfused_ms`` the same
-      with every projection through its own module (``fuse=False``), ``torch_attention_ms`` with
-      attention and norms as PyTorch operations instead of :mod:`course_lib.decoding_kernels`
-      (``kernel=False``; equal to ours where the kernels do not build);
-    * ``floor_ms``: :func:`matmul_floor_ms`, and ``ratio_to_floor`` = ours / floor.
+      ``group_size`` rows, and the draw of the next token (best of 5 rounds): the whole step in
+      one compiled call where it runs (:class:`~course_lib.decoding_kernels.Step`);
+      ``python_step_ms`` the same step as PyTorch calls from Python with the kernels for attention,
+      norms and SiLU (``whole_step=False``), ``torch_attention_ms`` with those as PyTorch operations
+      too (``kernel=False``), ``unfused_ms`` with every projection through its own module
+      (``fuse=False``);
+    * ``floor_ms``: the step's weight products alone, the faster of :func:`matmul_floor_ms`
+      (``torch.mm``, ``torch_floor_ms``) and the same products called from C through the BLAS
+      the compiled step uses (:func:`~course_lib.decoding_kernels.gemm_floor_ms`,
+      ``blas_floor_ms``, None where that does not run); ``ratio_to_floor`` = ours / floor (best
+      against best), ``paired_ratios`` ours / floor within each round.
 
-    The rounds alternate the variants and the floor, so the machine's drift hits them all alike.
+    The rounds alternate the variants and the floors, so the machine's drift hits them all alike;
+    this machine's speed drifts by 20-40 % within minutes, so each round's own ratio is kept too.
     """
     profile = get_profile(profile_name, fast=False)
     setup_torch(profile, 0)
@@ -196,34 +205,42 @@ def bench_step(
         token = rows[:, -1]
         variants = {
             "ours": dict(fuse=True),
-            "unfused": dict(fuse=False),
+            "python_step": dict(fuse=True, whole_step=False),
             "torch_attention": dict(fuse=True, kernel=False),
+            "unfused": dict(fuse=False),
         }
-        rounds = {name: [] for name in [*variants, "floor"]}
-        for _ in range(3):
+        rounds = {name: [] for name in [*variants, "torch_floor", "blas_floor", "floor"]}
+        for _ in range(5):
+            rounds["torch_floor"].append(matmul_floor_ms(model, batch_size))
+            rounds["blas_floor"].append(gemm_floor_ms(_weights(model), batch_size))
+            rounds["floor"].append(min(t for t in (rounds["torch_floor"][-1], rounds["blas_floor"][-1]) if t))
             for name, options in variants.items():
                 rounds[name].append(_decoder_ms(model, ids, mask, token, group_size, steps, **options))
-            rounds["floor"].append(matmul_floor_ms(model, batch_size))
-    best = {name: min(times) for name, times in rounds.items()}
+    best = {name: min(times) if None not in times else None for name, times in rounds.items()}
     return {
         "batch_size": batch_size,
         "context": context,
         "generate_ms": generate_ms,
         "ours_ms": best["ours"],
-        "unfused_ms": best["unfused"],
+        "python_step_ms": best["python_step"],
         "torch_attention_ms": best["torch_attention"],
+        "unfused_ms": best["unfused"],
         "forward_ms": forward_ms,
+        "torch_floor_ms": best["torch_floor"],
+        "blas_floor_ms": best["blas_floor"],
         "floor_ms": best["floor"],
         "ratio_to_floor": best["ours"] / best["floor"],
+        "paired_ratios": [ours / floor for ours, floor in zip(rounds["ours"], rounds["floor"])],
     }
 
 
-def _decoder_ms(model, ids, mask, token, group_size: int, steps: int, fuse: bool, kernel: bool | None = None) -> float:
-    """Milliseconds per step of a fresh :class:`Decoder` (and the draw) over ``steps`` new tokens."""
+def _decoder_ms(model, ids, mask, token, group_size: int, steps: int, **options) -> float:
+    """Milliseconds per step of a fresh :class:`Decoder` made with ``options`` (and the draw) over
+    ``steps`` new tokens."""
     prefix = DynamicCache()
     model(input_ids=ids, attention_mask=mask, past_key_values=prefix, use_cache=True, logits_to_keep=1)
     keys, values = [layer.keys for layer in prefix.layers], [layer.values for layer in prefix.layers]
-    decoder = Decoder(model, keys, values, mask, group_size, steps, fuse=fuse, kernel=kernel)
+    decoder = Decoder(model, keys, values, mask, group_size, steps, **options)
     rule = DrawSettings()
     positions = mask.sum(dim=1).repeat_interleave(group_size)  # (B,)
     start = time.perf_counter()
@@ -448,12 +465,16 @@ def _print_step(args: argparse.Namespace) -> list[dict]:
     rows = [bench_step(int(b), profile_name=args.profile) for b in args.batch_sizes.split(",")]
     print(f"one decoding step after {rows[0]['context']} prompt tokens, {torch.get_num_threads()} torch threads:")
     for r in rows:
+        blas = "not available" if r["blas_floor_ms"] is None else f"{r['blas_floor_ms']:.2f} ms"
+        paired = ", ".join(f"{ratio:.2f}" for ratio in r["paired_ratios"])
         print(
-            f"  batch {r['batch_size']:4d}: floor (weight products alone) {r['floor_ms']:5.1f} ms, "
-            f"course_lib's step with its draw {r['ours_ms']:5.1f} ms, ratio {r['ratio_to_floor']:.1f}x "
-            f"(attention in PyTorch {r['torch_attention_ms']:.1f} ms, unfused {r['unfused_ms']:.1f} ms, "
-            f"the model's forward {r['forward_ms']:.1f} ms, "
-            f"generate {r['generate_ms']:.1f} ms)"
+            f"  batch {r['batch_size']:4d}: floor (weight products alone) {r['floor_ms']:5.2f} ms, "
+            f"course_lib's step with its draw {r['ours_ms']:5.2f} ms, ratio {r['ratio_to_floor']:.2f}x\n"
+            f"              each round's ratio: {paired}\n"
+            f"              floor through torch.mm {r['torch_floor_ms']:.2f} ms, through BLAS from C {blas}; "
+            f"step from Python {r['python_step_ms']:.2f} ms, attention in PyTorch {r['torch_attention_ms']:.2f} ms, "
+            f"unfused {r['unfused_ms']:.2f} ms, the model's forward {r['forward_ms']:.2f} ms, "
+            f"generate {r['generate_ms']:.2f} ms"
         )
     return rows
 

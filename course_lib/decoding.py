@@ -142,6 +142,10 @@ class Decoder:
         kernel: attend through :mod:`course_lib.decoding_kernels` (one compiled call per layer).
             Default: where it is usable (float32 on the CPU, a head dimension it supports, a C
             compiler); otherwise, or with False, through PyTorch operations (:meth:`_attention`).
+        whole_step: run the whole step as one compiled call (:class:`course_lib.decoding_kernels.Step`:
+            the same operations, the products through the BLAS PyTorch calls, no Python between
+            them). Default: where the kernels run, every layer is fused, the norms are RMSNorms, the
+            activation SiLU, the embedding a plain table, and PyTorch's BLAS is reachable.
     """
 
     def __init__(
@@ -154,6 +158,7 @@ class Decoder:
         max_new_tokens: int,
         fuse: bool | None = None,
         kernel: bool | None = None,
+        whole_step: bool | None = None,
     ):
         base = base_model(model)
         self.core, self.lm_head = base.model, base.get_output_embeddings()
@@ -194,6 +199,7 @@ class Decoder:
             self.own_keys = [k.new_empty(shape) for k in prompt_keys]  # per layer (B, H_kv, T, D), filled as it goes
             self.own_values = [v.new_empty(shape) for v in prompt_values]
         self.padded = bool(pad.any())
+        self.checked = False  # whether decoding_kernels.attend has checked this batch's buffers
         self.length = 0  # tokens generated so far (the same for every row)
         self.rotation = rotation_table(self.core.rotary_emb, prompt_len + max_new_tokens, self.head_dim, device)
         scalings = {layer.self_attn.scaling for layer in self.core.layers}
@@ -201,10 +207,19 @@ class Decoder:
             raise ValueError(
                 f"layers scale attention differently ({sorted(scalings)}): decode with the model's forward"
             )
-        heads = [scalings.pop()] * self.heads + [1.0] * self.kv_heads  # q scaled by 1/sqrt(D), k as it is
+        self.q_scale = scalings.pop()
+        heads = [self.q_scale] * self.heads + [1.0] * self.kv_heads  # q scaled by 1/sqrt(D), k as it is
         self.head_scale = torch.tensor(heads, device=device)[None, :, None]  # (1, H + H_kv, 1)
         fuse = device.type == "cpu" if fuse is None else fuse
         self.fused = [fused_layer(layer) for layer in self.core.layers] if fuse else [None] * len(self.core.layers)
+        self.whole = self._whole_step(rows) if self.kernel and whole_step is not False else None
+        if whole_step and self.whole is None:
+            raise ValueError(
+                "whole_step=True needs the kernels, fused plain linear layers, RMSNorms, SiLU, a plain embedding and "
+                "PyTorch's BLAS (sgemm_): leave whole_step at None to use it only where it can run"
+            )
+        if self.whole is not None:
+            self.whole.set_caches(*self._caches())
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only the batch rows ``rows`` (the completions still running, in increasing order: each
@@ -225,6 +240,9 @@ class Decoder:
         self.slot_prompt, self.slot_copy = self.slots // self.group_size, self.slots % self.group_size
         if self.kernel:
             self.prompt_rows = self._prompt_rows()
+        if self.whole is not None:
+            self.whole.set_caches(*self._caches())
+        self.checked = False
 
     def _rows_of(self, buffer: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """A new buffer with the filled part of ``buffer``'s rows ``rows`` (the rest is never read):
@@ -255,6 +273,10 @@ class Decoder:
             raise ValueError(
                 f"the decoder holds {self.capacity} new tokens per row; make it with a larger max_new_tokens"
             )
+        if self.whole is not None:  # the same operations as below, in one compiled call
+            logits = self.whole(tokens, positions, self.length + 1)  # (B, V)
+            self.length += 1
+            return logits
         hidden = self.core.embed_tokens(tokens)  # (B, d)
         turn = self.rotation[positions][:, None, :] * self.head_scale  # (B, H + H_kv, D/2): every layer's rotation
         for i, layer in enumerate(self.core.layers):
@@ -263,7 +285,50 @@ class Decoder:
             hidden = self._project(out, layer.self_attn.o_proj, self.fused[i] and self.fused[i].o, hidden)
             hidden = self._mlp(i, layer.mlp, self._norm(layer.post_attention_layernorm, hidden), hidden)
         self.length += 1
+        self.checked = True  # the kernel has seen every layer's buffers: the layouts stay until keep()
         return self.lm_head(self._norm(self.core.norm, hidden))  # (B, V)
+
+    def _whole_step(self, rows: int) -> decoding_kernels.Step | None:
+        """The step as one compiled call, where each of its pieces is one the C code does as :meth:`step`
+        does (fused plain linear layers, RMSNorms with one epsilon, SiLU, a plain embedding), else None."""
+        layers, core = self.core.layers, self.core
+        norms = [core.norm] + [
+            norm for layer in layers for norm in (layer.input_layernorm, layer.post_attention_layernorm)
+        ]
+        epsilons = {getattr(norm, "variance_epsilon", None) for norm in norms}
+        lm_head = effective_linear(self.lm_head)
+        if (
+            any(fused is None for fused in self.fused) or lm_head is None or len(epsilons) != 1
+            or any(type(norm).__name__ not in RMS_NORMS for norm in norms)
+            or any(type(layer.mlp.act_fn).__name__ not in SILUS for layer in layers)
+            or type(core.embed_tokens) is not torch.nn.Embedding or core.embed_tokens.max_norm is not None
+            or decoding_kernels.blas_sgemm() is None
+        ):  # fmt: skip
+            return None
+        weights = decoding_kernels.StepWeights(
+            embed=core.embed_tokens.weight.detach(),
+            rotation=torch.view_as_real(self.rotation).contiguous(),  # (N, D/2, 2) cos, sin
+            final_norm=core.norm.weight.detach(),
+            lm_head=_plain(lm_head),
+            layers=[
+                (
+                    layer.input_layernorm.weight.detach(),
+                    layer.post_attention_layernorm.weight.detach(),
+                    *map(_plain, (fused.qkv, fused.o, fused.gate_up, fused.down)),
+                )
+                for layer, fused in zip(layers, self.fused)
+            ],  # fmt: skip
+            heads=self.heads,
+            kv_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            eps=epsilons.pop(),
+            q_scale=self.q_scale,
+        )
+        return decoding_kernels.Step(weights, rows)
+
+    def _caches(self) -> tuple:
+        """The caches as :meth:`course_lib.decoding_kernels.Step.set_caches` takes them."""
+        return self.prompt_keys_t, self.prompt_values, self.own_keys, self.own_values, self.prompt_pad, self.prompt_rows
 
     def _norm(self, norm, x: torch.Tensor) -> torch.Tensor:
         """``norm(x)``: a Llama-style RMSNorm through the compiled kernel where the decoder uses the
@@ -292,13 +357,17 @@ class Decoder:
         return decoding_kernels.attend(
             qk.contiguous(), v.flatten(1), self.heads, self.prompt_keys_t[i], self.prompt_values[i],
             self.prompt_pad, self.own_keys[i], self.own_values[i], self.prompt_rows, self.length + 1,
+            check=not self.checked,
         )  # fmt: skip
 
     def _project(self, x: torch.Tensor, module, weights: tuple | None, residual: torch.Tensor) -> torch.Tensor:
-        """residual + a layer's output projection of ``x`` (the residual added inside the product where it can)."""
+        """residual + a layer's output projection of ``x`` (the residual added inside the product where it
+        can: in place without autograd, ``residual`` being the step's own hidden state)."""
         if weights is None:
             return residual + module(x)
         weight, bias = weights
+        if bias is None and not torch.is_grad_enabled():
+            return residual.addmm_(x, weight.t())  # (B, d), no copy of the residual
         if bias is None:
             return torch.addmm(residual, x, weight.t())  # (B, d)
         return residual + torch.nn.functional.linear(x, weight, bias)
@@ -308,8 +377,13 @@ class Decoder:
         fused = self.fused[i]
         if fused is None:
             return residual + mlp(x)
-        gate, up = torch.nn.functional.linear(x, *fused.gate_up).chunk(2, dim=-1)  # (B, I) each, one product
-        return self._project(mlp.act_fn(gate) * up, None, fused.down, residual)
+        gate_up = torch.nn.functional.linear(x, *fused.gate_up)  # (B, 2 I): gate and up in one product
+        if self.kernel and type(mlp.act_fn).__name__ in SILUS:
+            inner = decoding_kernels.silu_mul(gate_up)  # (B, I) in one pass
+        else:
+            gate, up = gate_up.chunk(2, dim=-1)  # (B, I) each
+            inner = mlp.act_fn(gate) * up
+        return self._project(inner, None, fused.down, residual)
 
     def _full(self) -> bool:
         """Whether every slot of the P x G grid still has its row (the slots are then 0 .. P*G - 1)."""
@@ -368,6 +442,14 @@ class Decoder:
 
 #: RMSNorm classes computed as x / sqrt(mean(x^2) + eps) in float32, then times the weight in the input's dtype.
 RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm")
+#: activation modules that compute x * sigmoid(x) (``transformers``' and PyTorch's).
+SILUS = ("SiLUActivation", "SiLU")
+
+
+def _plain(weights: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A (weight, bias) pair as plain contiguous tensors (no autograd), for the compiled step."""
+    weight, bias = weights
+    return weight.detach().contiguous(), None if bias is None else bias.detach().contiguous()
 
 
 def rms_norm(norm, x: torch.Tensor) -> torch.Tensor:

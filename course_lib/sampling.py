@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -448,12 +449,11 @@ def draw(logits: torch.Tensor, rule: DrawSettings, u: torch.Tensor, step: int = 
     the row's uniform number ``u`` (B,) falls in the cumulative distribution. ``step`` only names
     the decoding step in the error raised for NaN or +inf logits.
     """
-    _check_finite(logits, step)
     if rule.temperature == 0:
         token = logits.argmax(dim=-1)  # (B,)
         scaled = logits
     else:
-        scaled = logits / rule.temperature  # (B, V)
+        scaled = logits if rule.temperature == 1 else logits / rule.temperature  # (B, V)
         truncated = scaled
         if rule.top_k > 0:
             truncated = _top_k(truncated, rule.top_k)
@@ -463,12 +463,20 @@ def draw(logits: torch.Tensor, rule: DrawSettings, u: torch.Tensor, step: int = 
             truncated = _min_p(truncated, rule.min_p)
         token = _categorical(torch.softmax(truncated, dim=-1), u)  # (B,)
     logp = torch.log_softmax(scaled, dim=-1).gather(1, token[:, None]).squeeze(1)  # (B,)
+    _check_finite(logp, scaled, step)
     return token, logp
 
 
-def _check_finite(logits: torch.Tensor, step: int) -> None:
-    """Raise where a row's logits hold NaN or +inf, or every token is -inf (no token can be drawn)."""
-    top = logits.amax(dim=-1)  # (B,) NaN if any NaN, +inf if any +inf, -inf if all are: one pass over (B, V)
+def _check_finite(logp: torch.Tensor, logits: torch.Tensor, step: int) -> None:
+    """Raise where a row's (B, V) logits, divided by the temperature, hold NaN or +inf, or every
+    token is -inf (no token can be drawn).
+
+    Those are the rows whose drawn token's log-prob ``logp`` (B,) is not finite: a NaN or +inf
+    logit makes the row's log-softmax NaN, and a row with a finite logit never draws a token of
+    probability 0. One sum tells whether any row is broken; only then are the logits looked at."""
+    if math.isfinite(float(logp.sum())):
+        return
+    top = logits.amax(dim=-1)  # (B,) NaN if any NaN, +inf if any +inf, -inf if all are
     broken = ~torch.isfinite(top)
     if broken.any():
         raise FloatingPointError(

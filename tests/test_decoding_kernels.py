@@ -41,14 +41,16 @@ def _qwen2(head_dim: int = 16):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-def _decode(model, ids, mask, group_size: int, steps: int, kernel: bool, keep_at: dict) -> list[torch.Tensor]:
+def _decode(
+    model, ids, mask, group_size: int, steps: int, kernel: bool, keep_at: dict, whole_step: bool = False
+) -> list[torch.Tensor]:
     """Logits of ``steps`` decoding steps (fixed tokens), dropping rows ``keep_at[step]`` before that step."""
     cache = DynamicCache()
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
         keys, values = [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
-        decoder = Decoder(model, keys, values, mask, group_size, steps, kernel=kernel)
-        assert decoder.kernel == kernel
+        decoder = Decoder(model, keys, values, mask, group_size, steps, kernel=kernel, whole_step=whole_step)
+        assert decoder.kernel == kernel and (decoder.whole is not None) == whole_step
         rows = torch.arange(len(ids) * group_size)
         positions = mask.sum(1).repeat_interleave(group_size)  # (B,)
         logits = []
@@ -71,12 +73,17 @@ def test_the_kernels_build_on_this_machine():
 
 
 @needs_compiler
+@pytest.mark.parametrize("whole_step", [False, True], ids=["step-in-python", "whole-step-in-c"])
 @pytest.mark.parametrize("head_dim", [16, 32])
-def test_kernel_attention_equals_pytorch_attention_with_gqa_padding_and_dropped_rows(head_dim, sharpen_attention):
+def test_kernel_attention_equals_pytorch_attention_with_gqa_padding_and_dropped_rows(
+    head_dim, whole_step, sharpen_attention
+):
     """Grouped-query attention (2 query heads per key head), sharp attention, biases, left padding,
     prompts whose lengths are not whole vectors, 6 rows per prompt (12 queries per key head: a full
     block of 8 and a partial one), more steps than one block of own keys, and rows dropped twice
-    (the second time every row of one prompt): the kernel's logits are PyTorch's."""
+    (the second time every row of one prompt): the kernel's logits are PyTorch's, with the step's
+    other operations in Python or the whole step in one compiled call (q/k/v biases, rotary, SiLU,
+    the products through PyTorch's BLAS)."""
     model = sharpen_attention(_qwen2(head_dim))
     lengths = [5, 19, 33]  # left padding; none a multiple of 16
     width = max(lengths)
@@ -85,7 +92,7 @@ def test_kernel_attention_equals_pytorch_attention_with_gqa_padding_and_dropped_
     first = torch.tensor([0, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17])  # rows 2 and 12 finished
     second = torch.tensor([0, 1, 2, 3, 4, 11, 12, 13, 14, 15])  # entries 5-10 (prompt 1's rows 6-11) finished
     keep_at = {7: first, 21: second}  # from step 21: rows 0, 1, 3, 4, 5 and 13-17; prompt 1 has no row left
-    ours = _decode(model, ids, mask, 6, 30, kernel=True, keep_at=keep_at)
+    ours = _decode(model, ids, mask, 6, 30, kernel=True, keep_at=keep_at, whole_step=whole_step)
     theirs = _decode(model, ids, mask, 6, 30, kernel=False, keep_at=keep_at)
     for step, (a, b) in enumerate(zip(ours, theirs)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda m, step=step: f"step {step}: {m}")
@@ -94,7 +101,8 @@ def test_kernel_attention_equals_pytorch_attention_with_gqa_padding_and_dropped_
 
 
 @needs_compiler
-def test_a_wrong_row_to_prompt_map_is_caught(sharpen_attention):
+@pytest.mark.parametrize("whole_step", [False, True], ids=["step-in-python", "whole-step-in-c"])
+def test_a_wrong_row_to_prompt_map_is_caught(whole_step, sharpen_attention):
     """Planted fault: rows read another prompt's keys. The comparison above must fail on it."""
     model = sharpen_attention(_qwen2())
     ids = torch.randint(2, 60, (2, 20), generator=torch.Generator().manual_seed(2))
@@ -103,9 +111,11 @@ def test_a_wrong_row_to_prompt_map_is_caught(sharpen_attention):
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
         keys, values = [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
-        right = Decoder(model, keys, values, mask, 2, 4, kernel=True)
-        wrong = Decoder(model, keys, values, mask, 2, 4, kernel=True)
+        right = Decoder(model, keys, values, mask, 2, 4, kernel=True, whole_step=whole_step)
+        wrong = Decoder(model, keys, values, mask, 2, 4, kernel=True, whole_step=whole_step)
         wrong.prompt_rows = torch.tensor([0, 1, 4])  # prompt 0 gets row 0 only, prompt 1 rows 1-3
+        if whole_step:
+            wrong.whole.set_caches(*wrong._caches())
         tokens, positions = torch.tensor([5, 6, 7, 8]), torch.full((4,), 20)
         assert not torch.allclose(right.step(tokens, positions), wrong.step(tokens, positions), atol=1e-3)
 
@@ -132,6 +142,49 @@ def test_the_rms_norm_kernel_equals_the_models_norm(pocket):
     x = torch.randn(37, model.config.hidden_size) * 3
     with torch.no_grad():
         torch.testing.assert_close(decoding_kernels.rms_norm(x, norm.weight, norm.variance_epsilon), norm(x))
+
+
+@needs_compiler
+def test_the_silu_mul_kernel_equals_the_models_mlp_activation(pocket):
+    model, _ = pocket
+    mlp = model.model.layers[0].mlp
+    gate_up = torch.randn(37, 2 * model.config.intermediate_size) * 4  # (B, 2 I): gate, then up
+    gate, up = gate_up.chunk(2, dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(decoding_kernels.silu_mul(gate_up), mlp.act_fn(gate) * up)
+
+
+def _pocket_decoder(model, rows_per_prompt: int = 2, steps: int = 4, **options) -> Decoder:
+    """A decoder over the pocket model's cache of one 3-token prompt."""
+    cache, ids = DynamicCache(), torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+    keys, values = [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+    return Decoder(model, keys, values, torch.ones_like(ids), rows_per_prompt, steps, **options)
+
+
+@needs_compiler
+def test_the_whole_step_refuses_bad_tokens_and_steps_aside_without_blas(pocket, monkeypatch):
+    """A token outside the vocabulary raises (the C code would read past the embedding table);
+    ``whole_step=True`` where it cannot run raises; without PyTorch's sgemm the step runs in
+    Python and gives the same logits."""
+    if decoding_kernels.blas_sgemm() is None:
+        pytest.skip("PyTorch's library here has no BLAS sgemm_ (not an x86-64 MKL build): the step stays in Python")
+    model, _ = pocket
+    tokens, positions = torch.tensor([8, 9]), torch.tensor([3, 3])
+    with torch.no_grad():
+        whole = _pocket_decoder(model)
+        assert whole.whole is not None
+        with pytest.raises(IndexError, match="outside the vocabulary"):
+            whole.step(torch.tensor([8, model.config.vocab_size]), positions)
+        expected = whole.step(tokens, positions)
+        with pytest.raises(ValueError, match="whole_step=True needs"):
+            _pocket_decoder(model, fuse=False, whole_step=True)
+        monkeypatch.setattr(decoding_kernels, "blas_sgemm", lambda: None)
+        python = _pocket_decoder(model)
+        assert python.whole is None and python.kernel
+        torch.testing.assert_close(python.step(tokens, positions), expected, atol=1e-5, rtol=1e-5)
+    assert decoding_kernels.gemm_floor_ms([model.lm_head.weight], 4, repeats=2) is None  # no BLAS, no floor
 
 
 @needs_compiler

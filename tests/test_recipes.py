@@ -98,8 +98,10 @@ def test_the_step_benchmark_prints_a_roofline_line_per_batch_size(capsys):
     rows = main(["step", "--batch-sizes", "8,16"])
     assert [r["batch_size"] for r in rows] == [8, 16]
     for r in rows:
-        assert 0 < r["floor_ms"] < r["ours_ms"] and r["unfused_ms"] > 0
+        assert 0 < r["floor_ms"] < r["ours_ms"] and r["unfused_ms"] > 0 and r["python_step_ms"] > 0
         assert r["ratio_to_floor"] == pytest.approx(r["ours_ms"] / r["floor_ms"])
+        floors = [f for f in (r["torch_floor_ms"], r["blas_floor_ms"]) if f is not None]
+        assert r["floor_ms"] == min(floors) and len(r["paired_ratios"]) == 5  # the faster floor; each round's ratio
     assert capsys.readouterr().out.count("floor (weight products alone)") == 2
 
 
