@@ -23,7 +23,10 @@ A step is a few dozen operations, each paid for in dispatch, so the small ones a
 together where the arithmetic allows: RMSNorm as one fused call (:func:`rms_norm`); rotary
 positions as one complex product for q and k of every head, their dimensions kept in pair order
 (:func:`pair_order`, :func:`rotation_table`), with q's 1/sqrt(D) in the same factor; each residual
-added inside the product before it (``addmm``).
+added inside the product before it (``addmm``). Where the compiled kernels run, the whole step
+is one call into C (:class:`course_lib.decoding_kernels.Step`): the same operations in the same
+order, without the Python between them; this module's Python stays the readable reference and
+the path everywhere else.
 It is used for the architectures whose layers have exactly that shape (:data:`ARCHITECTURES`);
 any other causal LM is decoded by its own ``forward`` (see :mod:`course_lib.sampling`).
 """

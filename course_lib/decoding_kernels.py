@@ -1,4 +1,4 @@
-"""Two pieces of the CPU decoding step as compiled C (``decoding_kernels.c``), with PyTorch as the fallback.
+"""The CPU decoding step as compiled C (``decoding_kernels.c``), with PyTorch as the fallback.
 
 On the CPU, :meth:`course_lib.decoding.Decoder.step` spent about half its time in attention:
 per layer, B x H products of one query against a few dozen keys, each a separate operation with
@@ -11,9 +11,18 @@ the additions differs (tested: the same tokens, logits within float32 rounding).
 a row's RMSNorm in one pass, where PyTorch's fused call still runs about eight operations, and
 ``silu_mul`` the gated MLP's silu(gate) * up in one pass instead of three.
 
+With those, the step was still about 60 calls from Python (products, norms, rotary, views), each
+paid for in dispatch: about 0.4 ms a step at batch 64, half as much as the attention. :class:`Step`
+runs the whole step in one call: the same operations in the same order, the matrix products
+through the BLAS ``sgemm_`` that ``torch.mm`` itself calls (found in PyTorch's own library,
+:func:`blas_sgemm`), so the products are PyTorch's and only the Python between them is gone.
+``python -m course_lib.bench step`` measures the floor both through ``torch.mm`` and through that
+BLAS from C (:func:`gemm_floor_ms`) and divides by the faster.
+
 The kernel is compiled on first use with the system's C compiler (``$CC``, else ``cc``) and kept
 under :func:`cache_dir`; where no compiler works, or ``COURSE_KERNELS=0``, the decoder runs its
-PyTorch operations and says so once in the log.
+PyTorch operations and says so once in the log; where PyTorch's library has no ``sgemm_`` (builds
+without MKL or a reference BLAS), the step stays in Python with the kernels.
 """
 
 from __future__ import annotations
@@ -332,6 +341,27 @@ class StepWeights:
     q_scale: float
 
 
+def _shapes_fit(w: StepWeights) -> bool:
+    """Whether the weights' shapes make the layers :class:`Step` computes."""
+    vocab, dim = w.embed.shape
+    head_width, inner = w.heads * w.head_dim, w.layers[0][4][0].shape[0] // 2
+    wanted = {  # per layer: (out, in) of qkv, o, gate_up and down
+        "qkv": ((w.heads + 2 * w.kv_heads) * w.head_dim, dim), "o": (dim, head_width),
+        "gate_up": (2 * inner, dim), "down": (dim, inner),
+    }  # fmt: skip
+    layers_fit = all(
+        norm_a.shape == norm_b.shape == (dim,)
+        and all(pair[0].shape == shape and (pair[1] is None or pair[1].shape == shape[:1])
+                for pair, shape in zip(products, wanted.values()))
+        for norm_a, norm_b, *products in w.layers
+    )  # fmt: skip
+    return (
+        layers_fit and w.final_norm.shape == (dim,) and w.lm_head[0].shape == (vocab, dim)
+        and (w.lm_head[1] is None or w.lm_head[1].shape == (vocab,))
+        and w.rotation.shape[1:] == (w.head_dim // 2, 2) and w.heads % w.kv_heads == 0
+    )  # fmt: skip
+
+
 class Step:
     """A whole decoding step in one compiled call (``decode_step`` in decoding_kernels.c): the same
     operations as :meth:`course_lib.decoding.Decoder.step` with fused weights and the kernels, the
@@ -348,6 +378,12 @@ class Step:
             contiguous += [layer[0], layer[1], *[w for pair in layer[2:] for w in pair if w is not None]]
         if not all(t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu" for t in contiguous):
             raise ValueError("Step: every weight must be a contiguous float32 CPU tensor")
+        if not _shapes_fit(weights):
+            raise ValueError(
+                "Step: the weights' shapes do not make a Llama-style layer (qkv (H + 2 H_kv) D x d, o d x H D, "
+                "gate_up 2 I x d, down d x I, norms (d,), rotation (N, D / 2, 2)): build them with "
+                "course_lib.decoding.fused_layer"
+            )
         self.layers = (_Layer * len(weights.layers))()
         for struct, (attn_norm, mlp_norm, qkv, o, gate_up, down) in zip(self.layers, weights.layers):
             struct.attn_norm, struct.mlp_norm = attn_norm.data_ptr(), mlp_norm.data_ptr()
@@ -390,13 +426,11 @@ class Step:
             raise ValueError(
                 f"Step: {self.batch.rows} rows expected, got {len(tokens)} tokens and {len(positions)} positions"
             )
+        if not 1 <= own_len <= self.batch.own_cap:
+            raise ValueError(f"Step: own_len must be within 1 .. {self.batch.own_cap} (the own caches' room)")
         logits = self.weights.embed.new_empty(self.batch.rows, self.vocab)  # (B, V)
-        self.batch.tokens, self.batch.positions, self.batch.logits = (
-            tokens.data_ptr(),
-            positions.data_ptr(),
-            logits.data_ptr(),
-        )
-        self.batch.own_len = own_len
+        self.batch.tokens, self.batch.positions = tokens.data_ptr(), positions.data_ptr()
+        self.batch.logits, self.batch.own_len = logits.data_ptr(), own_len
         status = load().decode_step(ctypes.byref(self.model), ctypes.byref(self.batch), torch.get_num_threads())
         if status == -1:
             raise IndexError(f"decoding step: a token id outside the vocabulary of {self.vocab} ({tokens.tolist()})")
