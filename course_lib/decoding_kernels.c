@@ -39,7 +39,11 @@ typedef int32_t mask __attribute__((vector_size(VW * sizeof(int32_t))));  /* a l
 
 static inline vec load(const float *x) { vec v; memcpy(&v, x, sizeof v); return v; }
 
-static inline vec max2(vec a, vec b) { const mask a_bigger = a > b; return (vec)((a_bigger & (mask)a) | (~a_bigger & (mask)b)); }
+static inline vec max2(vec a, vec b)
+{
+    const mask a_bigger = a > b;
+    return (vec)((a_bigger & (mask)a) | (~a_bigger & (mask)b));
+}
 
 /* max of s[0 .. n), n >= VW, VW lanes at a time (the last load may overlap the one before) */
 static inline float max_of(const float *s, int n)
@@ -235,7 +239,8 @@ struct batch {
     int rows, prompts, prompt_len, own_cap, own_len;
     const int64_t *tokens, *positions, *prompt_rows;  /* (B,), (B,), (P + 1,) */
     const unsigned char *prompt_pad;  /* (P, L) */
-    float *hidden, *x, *qkv, *attn, *gate_up, *inner;  /* (B, d), (B, d), (B, (H + 2 H_kv) D), (B, H D), (B, 2 I), (B, I) */
+    /* scratch: (B, d), (B, d), (B, (H + 2 H_kv) D), (B, H D), (B, 2 I), (B, I) */
+    float *hidden, *x, *qkv, *attn, *gate_up, *inner;
     float *logits;  /* (B, V) */
 };
 
@@ -257,8 +262,10 @@ static void linear(gemm_fn *gemm, const struct linear *l, const float *x, int ro
 /* Each row's q heads (scaled by q_scale) and k heads turned to the row's position: pair j of a head is
  * the complex number (x[2j], x[2j + 1]), multiplied by (cos, sin) of the position's entry j */
 static void rotate(float *qkv, long row_stride, const float *rotation, const int64_t *positions, int rows,
-                   int heads, int kv_heads, int head_dim, float q_scale)
+                   int heads, int kv_heads, int head_dim, float q_scale, int threads)
 {
+#pragma omp parallel for schedule(static) num_threads(threads) \
+    if ((long)rows * (heads + kv_heads) * head_dim >= PARALLEL_FROM)
     for (long b = 0; b < rows; b++) {
         const float *turn = rotation + positions[b] * head_dim;
         for (int h = 0; h < heads + kv_heads; h++) {
@@ -287,7 +294,8 @@ int decode_step(const struct model *m, const struct batch *b, int threads)
         /* Attention: norm, q/k/v in one product, rotary, the two-part attention, output product onto the residual */
         rms_norm(b->hidden, l->attn_norm, m->eps, b->x, rows, d, threads);
         linear(m->gemm, &l->qkv, b->x, rows, b->qkv, 0);
-        rotate(b->qkv, qkv_width, m->rotation, b->positions, rows, m->heads, m->kv_heads, m->head_dim, m->q_scale);
+        rotate(b->qkv, qkv_width, m->rotation, b->positions, rows, m->heads, m->kv_heads, m->head_dim, m->q_scale,
+               threads);
         attend(b->qkv, qkv_width, b->qkv + (m->heads + m->kv_heads) * m->head_dim, qkv_width, l->prompt_kt,
                l->prompt_v, b->prompt_pad, l->own_kt, l->own_v, b->prompt_rows, b->prompts, m->heads, m->kv_heads,
                m->head_dim, b->prompt_len, b->own_cap, b->own_len, b->attn, threads);
@@ -304,7 +312,8 @@ int decode_step(const struct model *m, const struct batch *b, int threads)
 }
 
 /* The products of one step alone, as separate calls (the floor a step is measured against): y_i = x_i W_i^T */
-void gemm_floor(gemm_fn *gemm, const struct linear *weights, int count, const float *const *x, float *const *y, int rows)
+void gemm_floor(gemm_fn *gemm, const struct linear *weights, int count, const float *const *x, float *const *y,
+                int rows)
 {
     for (int i = 0; i < count; i++) linear(gemm, weights + i, x[i], rows, y[i], 0);
 }
