@@ -33,11 +33,14 @@ any other causal LM is decoded by its own ``forward`` (see :mod:`course_lib.samp
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from course_lib import decoding_kernels
+
+logger = logging.getLogger(__name__)
 
 #: ``config.model_type`` of the models whose decoder layers this step reproduces (Llama's layout;
 #: Qwen2 adds biases to q, k, v, which live inside the projections).
@@ -276,6 +279,11 @@ class Decoder:
             raise ValueError(
                 f"the decoder holds {self.capacity} new tokens per row; make it with a larger max_new_tokens"
             )
+        if not len(tokens) == len(positions) == len(self.slots):
+            raise ValueError(
+                f"step: one token and one position for each of the {len(self.slots)} rows still running "
+                f"(got {len(tokens)} and {len(positions)}); after keep(rows), pass tokens[rows] and positions[rows]"
+            )
         if self.whole is not None:  # the same operations as below, in one compiled call
             logits = self.whole(tokens, positions, self.length + 1)  # (B, V)
             self.length += 1
@@ -327,7 +335,11 @@ class Decoder:
             eps=epsilons.pop(),
             q_scale=self.q_scale,
         )
-        return decoding_kernels.Step(weights, rows)
+        try:
+            return decoding_kernels.Step(weights, rows)
+        except ValueError as refusal:
+            logger.info("the decoding step stays in Python: %s", refusal)
+            return None
 
     def _caches(self) -> tuple:
         """The caches as :meth:`course_lib.decoding_kernels.Step.set_caches` takes them."""

@@ -262,7 +262,7 @@ def _caches_fit(
         and own_kt.shape == (rows, kv_heads, own_v.shape[2] // VECTOR, head_dim, VECTOR)
         and prompt_rows.dtype == torch.int64 and prompt_rows.shape == (prompts + 1,) and int(prompt_rows[-1]) == rows
         and heads % kv_heads == 0 and head_dim % VECTOR == 0
-        and prompt_len % VECTOR == 0 and own_v.shape[2] % VECTOR == 0
+        and prompt_len % VECTOR == 0 and prompt_len >= VECTOR and own_v.shape[2] % VECTOR == 0
     )  # fmt: skip
 
 
@@ -373,7 +373,14 @@ class Step:
 
     def __init__(self, weights: StepWeights, rows: int):
         self.weights = weights  # kept alive: the C structures point into these tensors
-        contiguous = [weights.embed, weights.rotation, weights.final_norm, *weights.lm_head[:1]]
+        if blas_sgemm() is None:
+            raise ValueError("Step needs PyTorch's BLAS sgemm_ (blas_sgemm() found none): decode with the Python step")
+        contiguous = [
+            weights.embed,
+            weights.rotation,
+            weights.final_norm,
+            *[t for t in weights.lm_head if t is not None],
+        ]
         for layer in weights.layers:
             contiguous += [layer[0], layer[1], *[w for pair in layer[2:] for w in pair if w is not None]]
         if not all(t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu" for t in contiguous):
@@ -408,11 +415,12 @@ class Step:
             raise ValueError(
                 f"Step: at most {len(self.scratch['x'])} rows and one cache per layer ({len(self.layers)})"
             )
-        self.caches = (prompt_kt, prompt_v, own_kt, own_v, prompt_pad, prompt_rows)  # kept alive
-        for i, struct in enumerate(self.layers):
+        for i in range(len(self.layers)):  # every layer checked before any pointer changes
             cache = (prompt_kt[i], prompt_v[i], prompt_pad, own_kt[i], own_v[i], prompt_rows)
             if prompt_v[i].shape[1] != w.kv_heads or not _caches_fit(rows, w.heads, w.head_dim, *cache):
                 raise ValueError(f"Step: layer {i}'s caches are not laid out as decoding_kernels.attend documents")
+        self.caches = (prompt_kt, prompt_v, own_kt, own_v, prompt_pad, prompt_rows)  # kept alive
+        for i, struct in enumerate(self.layers):
             struct.prompt_kt, struct.prompt_v = prompt_kt[i].data_ptr(), prompt_v[i].data_ptr()
             struct.own_kt, struct.own_v = own_kt[i].data_ptr(), own_v[i].data_ptr()
         self.batch.rows, self.batch.prompts = rows, prompts

@@ -482,7 +482,8 @@ def _check_finite(logp: torch.Tensor, logits: torch.Tensor, step: int) -> None:
         raise FloatingPointError(
             f"decoding step {step}: the logits of {int(broken.sum())} of {len(logits)} rows hold NaN or +inf "
             "(or only -inf). The model's forward produced them: look for weights that diverged (a learning rate "
-            "too high, a loss that went NaN) or an fp16 overflow (load in bfloat16 or float32)."
+            "too high, a loss that went NaN) or an fp16 overflow (load in bfloat16 or float32), or a temperature so "
+            "small that logits / temperature overflow float32."
         )
 
 

@@ -177,6 +177,9 @@ def test_the_whole_step_refuses_bad_tokens_and_steps_aside_without_blas(pocket, 
         assert whole.whole is not None
         with pytest.raises(IndexError, match="outside the vocabulary"):
             whole.step(torch.tensor([8, model.config.vocab_size]), positions)
+        for decoder in (whole, _pocket_decoder(model, whole_step=False)):  # the kernels read every row
+            with pytest.raises(ValueError, match="each of the 2 rows"):
+                decoder.step(tokens[:1], positions[:1])
         expected = whole.step(tokens, positions)
         with pytest.raises(ValueError, match="whole_step=True needs"):
             _pocket_decoder(model, fuse=False, whole_step=True)
