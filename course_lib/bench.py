@@ -213,7 +213,8 @@ def bench_step(
         for _ in range(5):
             rounds["torch_floor"].append(matmul_floor_ms(model, batch_size))
             rounds["blas_floor"].append(gemm_floor_ms(_weights(model), batch_size))
-            rounds["floor"].append(min(t for t in (rounds["torch_floor"][-1], rounds["blas_floor"][-1]) if t))
+            floors = (rounds["torch_floor"][-1], rounds["blas_floor"][-1])
+            rounds["floor"].append(min(t for t in floors if t is not None))
             for name, options in variants.items():
                 rounds[name].append(_decoder_ms(model, ids, mask, token, group_size, steps, **options))
     best = {name: min(times) if None not in times else None for name, times in rounds.items()}

@@ -301,7 +301,8 @@ class Decoder:
 
     def _whole_step(self, rows: int) -> decoding_kernels.Step | None:
         """The step as one compiled call, where each of its pieces is one the C code does as :meth:`step`
-        does (fused plain linear layers, RMSNorms with one epsilon, SiLU, a plain embedding), else None."""
+        does (fused plain linear layers, RMSNorms with one epsilon, SiLU, a plain embedding) and
+        :class:`~course_lib.decoding_kernels.Step` accepts the weights (it needs PyTorch's BLAS), else None."""
         layers, core = self.core.layers, self.core
         norms = [core.norm] + [
             norm for layer in layers for norm in (layer.input_layernorm, layer.post_attention_layernorm)
@@ -313,7 +314,6 @@ class Decoder:
             or any(type(norm).__name__ not in RMS_NORMS for norm in norms)
             or any(type(layer.mlp.act_fn).__name__ not in SILUS for layer in layers)
             or type(core.embed_tokens) is not torch.nn.Embedding or core.embed_tokens.max_norm is not None
-            or decoding_kernels.blas_sgemm() is None
         ):  # fmt: skip
             return None
         weights = decoding_kernels.StepWeights(

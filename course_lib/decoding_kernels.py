@@ -63,9 +63,8 @@ _ATTEND_ARGS = (
     + [ctypes.c_int] * 7  # prompts, heads, kv_heads, head_dim, prompt_len, own_cap, own_len
     + [ctypes.c_void_p, ctypes.c_int]  # out, threads
 )
-_RMS_NORM_ARGS = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p] + [
-    ctypes.c_int
-] * 3  # rows, dim, threads
+# x, weight, eps, out, rows, dim, threads
+_RMS_NORM_ARGS = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p] + [ctypes.c_int] * 3
 _SILU_MUL_ARGS = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 3  # rows, inner, threads
 
 
@@ -294,11 +293,11 @@ def blas_sgemm() -> int | None:
         / "lib"
         / ("libtorch_cpu.dylib" if platform.system() == "Darwin" else "libtorch_cpu.so")
     )
+    if load() is None:
+        return None
     try:
         address = ctypes.cast(ctypes.CDLL(str(library))["sgemm_"], ctypes.c_void_p).value
     except (OSError, AttributeError):
-        return None
-    if load() is None:
         return None
     generator = torch.Generator().manual_seed(0)  # its own: the global random state stays untouched
     x, weight, y = torch.randn(3, 5, generator=generator), torch.randn(4, 5, generator=generator), torch.empty(3, 4)
